@@ -1,0 +1,335 @@
+"""Registries of backbones and residual blocks, and the functions users call on them.
+
+A registry maps names to factories. It refuses a name that is already taken,
+names close matches when asked for an unknown name, and fills itself with the
+built-in entries on first use rather than at import.
+
+This module must not build networks itself; factories do that.
+"""
+
+import difflib
+import fnmatch
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Generic, TypeVar
+
+from torch import nn
+
+__all__ = [
+    "Registry",
+    "UnknownNameError",
+    "create_backbone",
+    "get_block",
+    "list_backbones",
+    "list_blocks",
+    "register_backbone",
+    "register_block",
+]
+
+T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
+
+BackboneFactory = Callable[..., nn.Module]
+"""Builds a backbone. Called with every option of :func:`create_backbone` as a keyword."""
+
+
+class UnknownNameError(KeyError, ValueError):
+    """A name is not in a registry. Subclasses both KeyError and ValueError.
+
+    Attributes:
+        kind: what was looked up ("backbone", "block", ...).
+        name: the name asked for.
+        suggestions: registered names close to it.
+    """
+
+    def __init__(self, kind: str, name: str, available: Sequence[str]) -> None:
+        self.kind = kind
+        self.name = name
+        self.suggestions = difflib.get_close_matches(name, list(available), n=3, cutoff=0.6)
+        message = f"unknown {kind} {name!r}"
+        if self.suggestions:
+            message += "; did you mean " + " or ".join(repr(s) for s in self.suggestions) + "?"
+        else:
+            message += "."
+        message += f" Accepted: {', '.join(sorted(available)) or '(none registered)'}"
+        self.message = message
+        super().__init__(message)
+
+    def __str__(self) -> str:  # KeyError would print the message with quotes around it
+        return self.message
+
+
+class Registry(Generic[T]):
+    """Names mapped to objects, filled lazily by ``loader`` on first use.
+
+    Args:
+        kind: what the registry holds, used in messages ("backbone", "block").
+        loader: called once, on first use, to register the built-in entries.
+
+    Example:
+        >>> reg: Registry[int] = Registry("number")
+        >>> reg.add("one", 1, source="docs")
+        >>> reg.get("one"), reg.names("o*")
+        (1, ['one'])
+    """
+
+    def __init__(self, kind: str, loader: Callable[[], None] | None = None) -> None:
+        self.kind = kind
+        self._loader = loader
+        self._entries: dict[str, T] = {}
+        self._sources: dict[str, str] = {}
+        self._loaded = loader is None
+
+    def _ensure_loaded(self) -> None:
+        if not self._loaded:
+            self._loaded = True  # set first: the loader registers through add()
+            if self._loader is not None:
+                self._loader()
+
+    def add(self, name: str, obj: T, *, source: str) -> None:
+        """Register ``obj`` under ``name``.
+
+        Raises:
+            TypeError: ``name`` is not a non-empty string.
+            ValueError: ``name`` is taken; the message names the existing entry's source.
+        """
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"a {self.kind} name must be a non-empty string, got {name!r}")
+        self._ensure_loaded()
+        if name in self._entries:
+            raise ValueError(
+                f"{self.kind} {name!r} is already registered by {self._sources[name]}; "
+                f"refusing to replace it with one from {source}"
+            )
+        self._entries[name] = obj
+        self._sources[name] = source
+
+    def get(self, name: str) -> T:
+        """The entry called ``name``.
+
+        Raises:
+            UnknownNameError: no such entry; the message suggests close matches.
+        """
+        self._ensure_loaded()
+        try:
+            return self._entries[name]
+        except (KeyError, TypeError):
+            raise UnknownNameError(self.kind, str(name), list(self._entries)) from None
+
+    def source(self, name: str) -> str:
+        """Where the entry ``name`` came from."""
+        self.get(name)
+        return self._sources[name]
+
+    def names(self, pattern: str = "*") -> list[str]:
+        """Sorted names matching the fnmatch ``pattern`` (``*``, ``?``, ``[seq]``)."""
+        self._ensure_loaded()
+        return sorted(n for n in self._entries if fnmatch.fnmatchcase(n, pattern))
+
+    def __contains__(self, name: object) -> bool:
+        self._ensure_loaded()
+        return name in self._entries
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+    def __len__(self) -> int:
+        self._ensure_loaded()
+        return len(self._entries)
+
+
+class _Once:
+    """Runs a loader the first time it is called; later and re-entrant calls do nothing."""
+
+    def __init__(self, load: Callable[[], None]) -> None:
+        self._load: Callable[[], None] | None = load
+
+    def __call__(self) -> None:
+        load, self._load = self._load, None  # cleared first: the loader re-enters via add()
+        if load is not None:
+            load()
+
+
+def _load_builtins() -> None:
+    # Imported here, not at module level: building the tables imports the trunk,
+    # and `import backbones` should stay cheap.
+    from backbones import _builtins
+
+    _builtins.register_all()
+
+
+_load_builtins_once = _Once(_load_builtins)
+
+BACKBONES: Registry[BackboneFactory] = Registry("backbone", _load_builtins_once)
+BLOCKS: Registry[type[nn.Module]] = Registry("block", _load_builtins_once)
+
+
+def _source_of(obj: object) -> str:
+    module = getattr(obj, "__module__", None) or "?"
+    return f"{module}.{getattr(obj, '__qualname__', type(obj).__name__)}"
+
+
+def register_backbone(name: str) -> Callable[[F], F]:
+    """Decorator that registers a backbone factory under ``name``.
+
+    The factory is called by :func:`create_backbone` with every option as a
+    keyword argument and must return an ``nn.Module`` with a ``feature_info``
+    attribute (a :class:`~backbones.features.FeatureInfo`) whose forward returns
+    the feature maps it describes.
+
+    Args:
+        name: the registry name.
+
+    Returns:
+        A decorator that registers and returns the factory unchanged.
+
+    Raises:
+        ValueError: ``name`` is already registered; the message names the existing entry.
+
+    Example:
+        >>> @register_backbone("my_resnet")  # doctest: +SKIP
+        ... def my_resnet(**options):
+        ...     return create_backbone("resnet18", **options)
+    """
+
+    def decorator(factory: F) -> F:
+        BACKBONES.add(name, factory, source=_source_of(factory))
+        return factory
+
+    return decorator
+
+
+def register_block(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
+    """Class decorator that registers a residual block under ``name``.
+
+    A block is an ``nn.Module`` class with an int class attribute ``expansion``,
+    built by the trunk as ``Block(inplanes, planes, stride=..., downsample=...,
+    groups=..., base_width=..., dilation=..., first_dilation=..., norm_layer=...,
+    drop_path=...)``.
+
+    Raises:
+        TypeError: the object is not an ``nn.Module`` subclass with an int ``expansion``.
+        ValueError: ``name`` is already registered.
+
+    Example:
+        >>> @register_block("my_block")  # doctest: +SKIP
+        ... class MyBlock(nn.Module):
+        ...     expansion = 1
+    """
+
+    def decorator(cls: type[nn.Module]) -> type[nn.Module]:
+        _check_block(name, cls)
+        BLOCKS.add(name, cls, source=_source_of(cls))
+        return cls
+
+    return decorator
+
+
+def _check_block(name: str, cls: object) -> None:
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+        raise TypeError(f"block {name!r} must be an nn.Module subclass, got {cls!r}")
+    expansion = getattr(cls, "expansion", None)
+    if isinstance(expansion, bool) or not isinstance(expansion, int) or expansion < 1:
+        raise TypeError(
+            f"block {name!r} ({cls.__qualname__}) needs a positive int class attribute "
+            f"'expansion', got {expansion!r}"
+        )
+
+
+def get_block(name: str) -> type[nn.Module]:
+    """The block class registered as ``name``.
+
+    Raises:
+        UnknownNameError: no such block; the message suggests close matches.
+
+    Example:
+        >>> get_block("bottleneck").expansion
+        4
+    """
+    return BLOCKS.get(name)
+
+
+def list_backbones(pattern: str = "*") -> list[str]:
+    """Sorted names of registered backbones matching an fnmatch ``pattern``.
+
+    Example:
+        >>> list_backbones("resnet1*")
+        ['resnet101', 'resnet101d', 'resnet152', 'resnet18']
+    """
+    return BACKBONES.names(pattern)
+
+
+def list_blocks(pattern: str = "*") -> list[str]:
+    """Sorted names of registered blocks matching an fnmatch ``pattern``.
+
+    Example:
+        >>> list_blocks()
+        ['basic', 'bottleneck']
+    """
+    return BLOCKS.names(pattern)
+
+
+def create_backbone(
+    name: str,
+    *,
+    out_indices: Sequence[int] = (1, 2, 3, 4),
+    in_chans: int = 3,
+    output_stride: int = 32,
+    frozen_stages: int = -1,
+    norm_eval: bool = False,
+    norm_layer: str | Callable[[int], nn.Module] = "batchnorm",
+    drop_path_rate: float = 0.0,
+    zero_init_last: bool = False,
+    block: str | Sequence[str] | None = None,
+    block_kwargs: dict[str, Any] | None = None,
+    return_dict: bool = False,
+) -> nn.Module:
+    """Build a registered backbone as a multi-scale feature extractor.
+
+    Args:
+        name: a registered backbone, see :func:`list_backbones`.
+        out_indices: feature levels to return: 0 = stem (stride 2), 1..4 =
+            layer1..layer4 (strides 4, 8, 16, 32); negative indices count from
+            the end. Stages deeper than the deepest level asked for are not built.
+        in_chans: number of input image channels.
+        output_stride: 8, 16 or 32; below 32 the last stages dilate instead of striding.
+        frozen_stages: -1 freezes nothing, 0 the stem, k the stem and layer1..layer k.
+            Frozen parameters do not require grad and frozen modules stay in eval mode.
+        norm_eval: keep every BatchNorm in eval mode while training.
+        norm_layer: "batchnorm", "frozen_batchnorm", "syncbatchnorm", "groupnorm",
+            or a callable mapping a channel count to a module.
+        drop_path_rate: stochastic depth rate, rising linearly from 0 at the first
+            block to this value at the last.
+        zero_init_last: start each block's last norm at zero gamma.
+        block: a registered block name for every stage, or four names, one per stage.
+            ``None`` keeps the variant's own block.
+        block_kwargs: extra keyword arguments passed to every block.
+        return_dict: return ``{module_name: tensor}`` instead of a list.
+
+    Returns:
+        An ``nn.Module`` whose forward returns the requested feature maps and whose
+        ``feature_info`` describes them.
+
+    Raises:
+        UnknownNameError: ``name`` (or a block name) is not registered.
+        ValueError, TypeError: an option is out of range or of the wrong type;
+            the message names the value and what is accepted.
+
+    Example:
+        >>> bb = create_backbone("resnet50", out_indices=(1, 2, 3, 4))
+        >>> bb.feature_info.channels()
+        [256, 512, 1024, 2048]
+    """
+    factory = BACKBONES.get(name)
+    return factory(
+        out_indices=out_indices,
+        in_chans=in_chans,
+        output_stride=output_stride,
+        frozen_stages=frozen_stages,
+        norm_eval=norm_eval,
+        norm_layer=norm_layer,
+        drop_path_rate=drop_path_rate,
+        zero_init_last=zero_init_last,
+        block=block,
+        block_kwargs=block_kwargs,
+        return_dict=return_dict,
+    )

@@ -1,0 +1,389 @@
+"""The ResNet trunk: one stem, four stages of residual blocks, many variants as data.
+
+A variant is a :class:`ResNetSpec` row in :data:`RESNET_VARIANTS`; the trunk
+:class:`ResNet` builds any of them as a feature extractor. Module names equal
+torchvision's (and timm's), so a classification checkpoint minus ``fc.*`` loads
+with ``strict=True``.
+
+This module builds networks; naming them for users is the registry's job.
+"""
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from torch import Tensor, nn
+
+from backbones.features import FeatureInfo, FeatureLevel
+from backbones.norm import NormLayer, resolve_norm_layer
+from backbones.registry import get_block
+
+__all__ = ["RESNET_VARIANTS", "ResNet", "ResNetDict", "ResNetSpec", "resnet_factory"]
+
+NUM_STAGES = 4
+STEM_CHANNELS = 64
+STAGE_PLANES = (64, 128, 256, 512)
+OUTPUT_STRIDES = (8, 16, 32)
+_BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+
+
+@dataclass(frozen=True)
+class ResNetSpec:
+    """One ResNet variant, as data.
+
+    Attributes:
+        block: registered name of the block used in every stage.
+        layers: number of blocks in each of the four stages.
+        groups: groups of the bottleneck's 3x3 conv (ResNeXt cardinality).
+        width_per_group: bottleneck width per group (64 plain, 128 wide).
+        deep_stem: three 3x3 convs instead of one 7x7 (timm's "deep" stem, the "d" variants).
+        stem_width: channels inside the deep stem.
+        avg_down: shortcut projections average-pool before a stride-1 1x1 conv ("d" variants).
+        origin: the library whose definition and weight names this variant follows.
+    """
+
+    block: str
+    layers: tuple[int, int, int, int]
+    groups: int = 1
+    width_per_group: int = 64
+    deep_stem: bool = False
+    stem_width: int = 64
+    avg_down: bool = False
+    origin: str = "torchvision"
+
+
+RESNET_VARIANTS: dict[str, ResNetSpec] = {
+    "resnet18": ResNetSpec("basic", (2, 2, 2, 2)),
+    "resnet34": ResNetSpec("basic", (3, 4, 6, 3)),
+    "resnet50": ResNetSpec("bottleneck", (3, 4, 6, 3)),
+    "resnet101": ResNetSpec("bottleneck", (3, 4, 23, 3)),
+    "resnet152": ResNetSpec("bottleneck", (3, 8, 36, 3)),
+    "resnext50_32x4d": ResNetSpec("bottleneck", (3, 4, 6, 3), groups=32, width_per_group=4),
+    "resnext101_32x8d": ResNetSpec("bottleneck", (3, 4, 23, 3), groups=32, width_per_group=8),
+    "resnext101_64x4d": ResNetSpec("bottleneck", (3, 4, 23, 3), groups=64, width_per_group=4),
+    "wide_resnet50_2": ResNetSpec("bottleneck", (3, 4, 6, 3), width_per_group=128),
+    "wide_resnet101_2": ResNetSpec("bottleneck", (3, 4, 23, 3), width_per_group=128),
+    "resnet50d": ResNetSpec(
+        "bottleneck", (3, 4, 6, 3), deep_stem=True, stem_width=32, avg_down=True, origin="timm"
+    ),
+    "resnet101d": ResNetSpec(
+        "bottleneck", (3, 4, 23, 3), deep_stem=True, stem_width=32, avg_down=True, origin="timm"
+    ),
+}
+"""Every built-in ResNet variant: torchvision's definitions, plus timm's "d" variants."""
+
+
+@dataclass(frozen=True)
+class _StagePlan:
+    """Where one stage sits in the network: what the builder needs, derived once."""
+
+    name: str
+    block: type[nn.Module]
+    planes: int
+    num_blocks: int
+    stride: int
+    dilation: int
+    prev_dilation: int
+    reduction: int
+
+    @property
+    def out_channels(self) -> int:
+        return self.planes * int(self.block.expansion)  # type: ignore[arg-type]
+
+
+class ResNet(nn.ModuleDict):
+    """A ResNet as a multi-scale feature extractor.
+
+    Children run in order: ``conv1``, ``bn1``, ``act1`` (level 0, stride 2),
+    ``maxpool``, ``layer1`` .. ``layer4`` (levels 1..4). Only the children up to
+    the deepest requested level are built. ``forward`` returns the requested
+    levels as a list in network order; :class:`ResNetDict` returns a dict.
+
+    Args:
+        spec: the variant.
+        out_indices: levels to return (0 = stem, 1..4 = layer1..layer4, negative
+            from the end).
+        in_chans: input channels.
+        output_stride: 8, 16 or 32; below 32, later stages dilate instead of striding.
+        frozen_stages: -1 none, 0 the stem, k the stem and layer1..layer k.
+        norm_eval: keep every BatchNorm in eval mode during training.
+        norm_layer: a name from :data:`backbones.norm.NORM_LAYERS` or a callable.
+        drop_path_rate: stochastic depth, rising linearly over all blocks.
+        zero_init_last: zero each block's last norm gamma at init.
+        block: ``None`` (the spec's block), a block name, or one name per stage.
+        block_kwargs: extra keyword arguments for every block.
+
+    Raises:
+        ValueError, TypeError: an option is invalid; the message names it.
+        UnknownNameError: a block or norm name is not registered.
+
+    Example:
+        >>> bb = ResNet(RESNET_VARIANTS["resnet18"], out_indices=(2, 4))
+        >>> [f.shape[1] for f in bb(torch.zeros(1, 3, 64, 64))]  # doctest: +SKIP
+        [128, 512]
+    """
+
+    # Declared here rather than in __init__ so TorchScript sees their types.
+    return_layers: list[str]
+    _frozen: list[str]
+
+    def __init__(
+        self,
+        spec: ResNetSpec,
+        *,
+        out_indices: Sequence[int] = (1, 2, 3, 4),
+        in_chans: int = 3,
+        output_stride: int = 32,
+        frozen_stages: int = -1,
+        norm_eval: bool = False,
+        norm_layer: str | NormLayer = "batchnorm",
+        drop_path_rate: float = 0.0,
+        zero_init_last: bool = False,
+        block: str | Sequence[str] | None = None,
+        block_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        _check_positive_int("in_chans", in_chans)
+        if output_stride not in OUTPUT_STRIDES:
+            raise ValueError(
+                f"output_stride={output_stride!r} is not supported; accepted: "
+                f"{', '.join(map(str, OUTPUT_STRIDES))}"
+            )
+        _check_bool("norm_eval", norm_eval)
+        _check_bool("zero_init_last", zero_init_last)
+        if isinstance(drop_path_rate, bool) or not isinstance(drop_path_rate, (int, float)):
+            raise TypeError(f"drop_path_rate must be a float in [0, 1), got {drop_path_rate!r}")
+        if not 0.0 <= drop_path_rate < 1.0:
+            raise ValueError(f"drop_path_rate={drop_path_rate!r} is out of range; accepted: [0, 1)")
+        if block_kwargs is not None and not isinstance(block_kwargs, dict):
+            raise TypeError(f"block_kwargs must be a dict or None, got {block_kwargs!r}")
+        norm = resolve_norm_layer(norm_layer)
+        plans = _plan_stages(spec, _resolve_blocks(spec, block), output_stride)
+
+        levels = [FeatureLevel(0, STEM_CHANNELS, 2, "act1")]
+        levels += [
+            FeatureLevel(i + 1, p.out_channels, p.reduction, p.name) for i, p in enumerate(plans)
+        ]
+        self.feature_info = FeatureInfo(levels, out_indices)
+        deepest = self.feature_info.out_indices[-1]
+        if isinstance(frozen_stages, bool) or not isinstance(frozen_stages, int):
+            raise TypeError(f"frozen_stages must be an int, got {frozen_stages!r}")
+        if not -1 <= frozen_stages <= deepest:
+            raise ValueError(
+                f"frozen_stages={frozen_stages} is out of range; accepted: -1 (nothing) .. "
+                f"{deepest} (the deepest stage built for out_indices="
+                f"{self.feature_info.out_indices})"
+            )
+
+        self.spec = spec
+        self.output_stride = output_stride
+        self.frozen_stages = frozen_stages
+        self.norm_eval = norm_eval
+        self.return_layers = self.feature_info.module_name()
+
+        self.conv1 = _make_stem_conv(spec, in_chans, norm)
+        self.bn1 = norm(STEM_CHANNELS)
+        self.act1 = nn.ReLU(inplace=True)
+        total_blocks = sum(spec.layers)
+        first_block = 0
+        inplanes = STEM_CHANNELS
+        for level, plan in enumerate(plans[:deepest], start=1):
+            if level == 1:
+                self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+            rates = [
+                drop_path_rate * i / max(total_blocks - 1, 1)
+                for i in range(first_block, first_block + plan.num_blocks)
+            ]
+            self[plan.name] = _make_layer(
+                plan, inplanes, spec, norm, rates, dict(block_kwargs or {})
+            )
+            inplanes = plan.out_channels
+            first_block += plan.num_blocks
+
+        self._init_weights(zero_init_last)
+        self._frozen = (["conv1", "bn1"] if frozen_stages >= 0 else []) + [
+            f"layer{k}" for k in range(1, frozen_stages + 1)
+        ]
+        for name in self._frozen:
+            self[name].requires_grad_(False)
+        self.train()
+
+    def _init_weights(self, zero_init_last: bool) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, (nn.BatchNorm2d, nn.SyncBatchNorm, nn.GroupNorm)) and m.affine:
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        if zero_init_last:
+            for m in self.modules():
+                if m is not self and callable(getattr(m, "zero_init_last", None)):
+                    m.zero_init_last()
+
+    def train(self, mode: bool = True) -> "ResNet":
+        """Set the mode; frozen stages (and with ``norm_eval`` every BatchNorm) stay in eval."""
+        super().train(mode)
+        if mode:
+            for name in self._frozen:
+                self[name].eval()
+            if self.norm_eval:
+                for m in self.modules():
+                    if isinstance(m, _BATCH_NORMS):
+                        m.eval()
+        return self
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        features: list[Tensor] = []
+        for name, module in self.items():
+            x = module(x)
+            if name in self.return_layers:
+                features.append(x)
+        return features
+
+
+class ResNetDict(ResNet):
+    """A :class:`ResNet` whose forward returns ``{module_name: feature}`` in network order."""
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:  # type: ignore[override]
+        features: dict[str, Tensor] = {}
+        for name, module in self.items():
+            x = module(x)
+            if name in self.return_layers:
+                features[name] = x
+        return features
+
+
+def resnet_factory(spec: ResNetSpec) -> Callable[..., ResNet]:
+    """The registry factory for a variant: accepts every :func:`create_backbone` option."""
+
+    def factory(*, return_dict: bool = False, **options: Any) -> ResNet:
+        _check_bool("return_dict", return_dict)
+        cls = ResNetDict if return_dict else ResNet
+        return cls(spec, **options)
+
+    return factory
+
+
+def _resolve_blocks(spec: ResNetSpec, block: str | Sequence[str] | None) -> list[type[nn.Module]]:
+    if block is None:
+        names: Sequence[str] = (spec.block,) * NUM_STAGES
+    elif isinstance(block, str):
+        names = (block,) * NUM_STAGES
+    elif (
+        isinstance(block, Sequence)
+        and len(block) == NUM_STAGES
+        and all(isinstance(b, str) for b in block)
+    ):
+        names = block
+    else:
+        raise ValueError(
+            f"block={block!r} is not accepted; give one registered block name, or "
+            f"{NUM_STAGES} names (one per stage), e.g. ('bottleneck',) * {NUM_STAGES}"
+        )
+    return [get_block(name) for name in names]
+
+
+def _plan_stages(
+    spec: ResNetSpec, blocks: Sequence[type[nn.Module]], output_stride: int
+) -> list[_StagePlan]:
+    plans = []
+    net_stride, dilation = 4, 1  # the stem and max-pool reduce by 4
+    for i, (block, planes, num_blocks) in enumerate(
+        zip(blocks, STAGE_PLANES, spec.layers, strict=True)
+    ):
+        prev_dilation = dilation
+        stride = 1 if i == 0 else 2
+        if net_stride >= output_stride:  # trade this stage's stride for dilation
+            dilation *= stride
+            stride = 1
+        else:
+            net_stride *= stride
+        plans.append(
+            _StagePlan(
+                f"layer{i + 1}",
+                block,
+                planes,
+                num_blocks,
+                stride,
+                dilation,
+                prev_dilation,
+                net_stride,
+            )
+        )
+    return plans
+
+
+def _make_stem_conv(spec: ResNetSpec, in_chans: int, norm: NormLayer) -> nn.Module:
+    if not spec.deep_stem:
+        return nn.Conv2d(in_chans, STEM_CHANNELS, kernel_size=7, stride=2, padding=3, bias=False)
+    w = spec.stem_width
+    return nn.Sequential(
+        nn.Conv2d(in_chans, w, kernel_size=3, stride=2, padding=1, bias=False),
+        norm(w),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(w, w, kernel_size=3, stride=1, padding=1, bias=False),
+        norm(w),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(w, STEM_CHANNELS, kernel_size=3, stride=1, padding=1, bias=False),
+    )
+
+
+def _make_downsample(
+    plan: _StagePlan, inplanes: int, spec: ResNetSpec, norm: NormLayer
+) -> nn.Module | None:
+    if plan.stride == 1 and inplanes == plan.out_channels:
+        return None
+    if not spec.avg_down:
+        conv = nn.Conv2d(inplanes, plan.out_channels, kernel_size=1, stride=plan.stride, bias=False)
+        return nn.Sequential(conv, norm(plan.out_channels))
+    # "d" variants: pool, then a stride-1 projection. In dilated stages timm pools
+    # with stride 1 and "same" padding; its layer keeps the numbers identical.
+    if plan.stride == 1 and plan.dilation == 1:
+        pool: nn.Module = nn.Identity()
+    elif plan.stride == 1:
+        from timm.layers import AvgPool2dSame
+
+        pool = AvgPool2dSame(2, 1, ceil_mode=True, count_include_pad=False)
+    else:
+        pool = nn.AvgPool2d(2, plan.stride, ceil_mode=True, count_include_pad=False)
+    conv = nn.Conv2d(inplanes, plan.out_channels, kernel_size=1, stride=1, bias=False)
+    return nn.Sequential(pool, conv, norm(plan.out_channels))
+
+
+def _make_layer(
+    plan: _StagePlan,
+    inplanes: int,
+    spec: ResNetSpec,
+    norm: NormLayer,
+    drop_path_rates: Sequence[float],
+    block_kwargs: dict[str, Any],
+) -> nn.Sequential:
+    blocks = []
+    for i, rate in enumerate(drop_path_rates):
+        first = i == 0
+        blocks.append(
+            plan.block(
+                inplanes if first else plan.out_channels,
+                plan.planes,
+                stride=plan.stride if first else 1,
+                downsample=_make_downsample(plan, inplanes, spec, norm) if first else None,
+                groups=spec.groups,
+                base_width=spec.width_per_group,
+                dilation=plan.dilation,
+                first_dilation=plan.prev_dilation if first else plan.dilation,
+                norm_layer=norm,
+                drop_path=rate,
+                **block_kwargs,
+            )
+        )
+    return nn.Sequential(*blocks)
+
+
+def _check_bool(name: str, value: object) -> None:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+
+
+def _check_positive_int(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
