@@ -47,7 +47,9 @@ class UnknownNameError(KeyError, ValueError):
         self.suggestions = difflib.get_close_matches(name, list(available), n=3, cutoff=0.6)
         message = f"unknown {kind} {name!r}"
         if self.suggestions:
-            message += "; did you mean " + " or ".join(repr(s) for s in self.suggestions) + "?"
+            quoted = [repr(s) for s in self.suggestions]
+            options = quoted[0] if len(quoted) == 1 else f"{', '.join(quoted[:-1])} or {quoted[-1]}"
+            message += f"; did you mean {options}?"
         else:
             message += "."
         message += f" Accepted: {', '.join(sorted(available)) or '(none registered)'}"

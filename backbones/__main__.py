@@ -1,0 +1,7 @@
+"""``python -m backbones``: see :mod:`backbones.cli`."""
+
+import sys
+
+from backbones.cli import main
+
+sys.exit(main())

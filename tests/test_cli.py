@@ -1,0 +1,74 @@
+"""The command line: `python -m backbones list` and `bench`."""
+
+import re
+import subprocess
+import sys
+
+import pytest
+
+from backbones.bench import benchmark
+from backbones.cli import main
+
+
+def test_list_prints_matching_backbones_and_blocks(capsys: pytest.CaptureFixture[str]):
+    assert main(["list", "resnet5*"]) == 0
+    out = capsys.readouterr().out
+    assert "backbones (2):\n  resnet50\n  resnet50d\n" in out
+    assert "blocks (0):" in out
+
+
+def test_list_without_pattern_shows_everything(capsys: pytest.CaptureFixture[str]):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert "backbones (12):" in out
+    assert "  wide_resnet101_2\n" in out
+    assert "blocks (2):\n  basic\n  bottleneck\n" in out
+
+
+def test_bench_reports_both_models_and_their_ratio(capsys: pytest.CaptureFixture[str]):
+    argv = ["bench", "resnet18", "--batch-size", "1", "--img-size", "32", "--rounds", "2"]
+    assert main([*argv, "--warmup", "0", "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "resnet18: batch 1, 32x32, 1 threads, 2 interleaved rounds" in out
+    ours = re.search(r"backbones\s+([\d.]+)\s+([\d.]+)", out)
+    ref = re.search(r"timm features_only\s+([\d.]+)\s+([\d.]+)", out)
+    assert ours and ref
+    assert float(ours.group(2)) > 0 and float(ref.group(2)) > 0
+    assert re.search(r"ratio \(backbones / timm images/s\): \d+\.\d{3}", out)
+
+
+def test_bench_result_images_per_second_follow_the_timings():
+    result = benchmark("resnet18", batch_size=2, img_size=32, rounds=1, warmup=0, threads=1)
+    assert result.ours_ips == pytest.approx(2 / result.ours_s)
+    assert result.timm_ips == pytest.approx(2 / result.timm_s)
+    assert result.ratio_median == pytest.approx(result.timm_s / result.ours_s)
+
+
+def test_bench_restores_the_thread_count():
+    import torch
+
+    before = torch.get_num_threads()
+    benchmark("resnet18", batch_size=1, img_size=32, rounds=1, warmup=0, threads=1)
+    assert torch.get_num_threads() == before
+
+
+def test_bench_unknown_name_exits_2_with_a_suggestion(capsys: pytest.CaptureFixture[str]):
+    assert main(["bench", "resnt18"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown backbone 'resnt18'; did you mean 'resnet18'," in err
+
+
+def test_bench_rejects_a_zero_batch(capsys: pytest.CaptureFixture[str]):
+    assert main(["bench", "resnet18", "--batch-size", "0"]) == 2
+    assert "batch_size must be at least 1, got 0" in capsys.readouterr().err
+
+
+def test_python_dash_m_backbones_runs():
+    result = subprocess.run(
+        [sys.executable, "-m", "backbones", "list", "wide*"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "  wide_resnet50_2\n" in result.stdout
