@@ -108,8 +108,9 @@ class BasicBlock(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         shortcut = x if self.downsample is None else self.downsample(x)
         x = self.act1(self.bn1(self.conv1(x)))
-        x = self.bn2(self.conv2(x))
-        return self.act2(self.drop_path(x) + shortcut)
+        x = self.drop_path(self.bn2(self.conv2(x)))
+        x += shortcut  # in place: one activation-sized allocation fewer per block
+        return self.act2(x)
 
 
 class Bottleneck(nn.Module):
@@ -170,5 +171,6 @@ class Bottleneck(nn.Module):
         shortcut = x if self.downsample is None else self.downsample(x)
         x = self.act1(self.bn1(self.conv1(x)))
         x = self.act2(self.bn2(self.conv2(x)))
-        x = self.bn3(self.conv3(x))
-        return self.act3(self.drop_path(x) + shortcut)
+        x = self.drop_path(self.bn3(self.conv3(x)))
+        x += shortcut  # in place: one activation-sized allocation fewer per block
+        return self.act3(x)
