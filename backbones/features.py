@@ -10,7 +10,7 @@ This module only describes features; it builds no network.
 
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, overload
 
 __all__ = ["FeatureInfo", "FeatureLevel", "resolve_out_indices"]
 
@@ -113,7 +113,13 @@ class FeatureInfo:
     def __len__(self) -> int:
         return len(self.out_indices)
 
-    def __getitem__(self, position: int) -> dict[str, Any]:
+    @overload
+    def __getitem__(self, position: int) -> dict[str, Any]: ...
+    @overload
+    def __getitem__(self, position: slice) -> list[dict[str, Any]]: ...
+    def __getitem__(self, position: int | slice) -> dict[str, Any] | list[dict[str, Any]]:
+        if isinstance(position, slice):
+            return [asdict(self.levels[i]) for i in self.out_indices[position]]
         return asdict(self.levels[self.out_indices[position]])
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
