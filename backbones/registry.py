@@ -44,6 +44,7 @@ class UnknownNameError(KeyError, ValueError):
     def __init__(self, kind: str, name: str, available: Sequence[str]) -> None:
         self.kind = kind
         self.name = name
+        self.available = tuple(available)
         self.suggestions = difflib.get_close_matches(name, list(available), n=3, cutoff=0.6)
         message = f"unknown {kind} {name!r}"
         if self.suggestions:
@@ -58,6 +59,9 @@ class UnknownNameError(KeyError, ValueError):
 
     def __str__(self) -> str:  # KeyError would print the message with quotes around it
         return self.message
+
+    def __reduce__(self) -> tuple[Any, ...]:  # rebuild from the arguments, for pickle and copy
+        return (type(self), (self.kind, self.name, self.available))
 
 
 class Registry(Generic[T]):

@@ -144,7 +144,7 @@ class ResNet(nn.ModuleDict):
     ) -> None:
         super().__init__()
         _check_positive_int("in_chans", in_chans)
-        if output_stride not in OUTPUT_STRIDES:
+        if not _is_int(output_stride) or output_stride not in OUTPUT_STRIDES:
             raise ValueError(
                 f"output_stride={output_stride!r} is not supported; accepted: "
                 f"{', '.join(map(str, OUTPUT_STRIDES))}"
@@ -166,7 +166,7 @@ class ResNet(nn.ModuleDict):
         ]
         self.feature_info = FeatureInfo(levels, out_indices)
         deepest = self.feature_info.out_indices[-1]
-        if isinstance(frozen_stages, bool) or not isinstance(frozen_stages, int):
+        if not _is_int(frozen_stages):
             raise TypeError(f"frozen_stages must be an int, got {frozen_stages!r}")
         if not -1 <= frozen_stages <= deepest:
             raise ValueError(
@@ -384,6 +384,12 @@ def _check_bool(name: str, value: object) -> None:
         raise TypeError(f"{name} must be True or False, got {value!r}")
 
 
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _check_positive_int(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    if not _is_int(value):
+        raise TypeError(f"{name} must be a positive int, got {value!r}")
+    if value < 1:
         raise ValueError(f"{name} must be a positive int, got {value!r}")

@@ -1,0 +1,492 @@
+"""Every bad input fails early with a clear error naming the bad value and what is accepted.
+
+The checks must not rely on ``assert`` (which ``python -O`` strips): one test re-runs
+this file under ``-O``, another scans the package source for assert statements.
+"""
+
+import ast
+import copy
+import os
+import pickle
+import re
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+from torch import nn
+
+import backbones
+from backbones import (
+    UnknownNameError,
+    create_backbone,
+    get_block,
+    list_backbones,
+    list_blocks,
+    register_backbone,
+    register_block,
+)
+from backbones.blocks import BasicBlock
+
+PACKAGE_DIR = Path(backbones.__file__).resolve().parent
+OPTIMIZED_ENV = "BACKBONES_TEST_EXPECT_PYTHON_O"
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex}"
+
+
+# -- unknown names -------------------------------------------------------------------
+
+
+def test_unknown_backbone_suggests_the_close_match():
+    with pytest.raises(
+        UnknownNameError, match=r"unknown backbone 'resnt50'; did you mean 'resnet50'"
+    ):
+        create_backbone("resnt50")
+
+
+def test_unknown_backbone_error_is_a_key_error_and_a_value_error():
+    with pytest.raises(UnknownNameError) as info:
+        create_backbone("resnt50")
+    err = info.value
+    assert isinstance(err, KeyError)
+    assert isinstance(err, ValueError)
+    assert err.kind == "backbone"
+    assert err.name == "resnt50"
+    assert err.suggestions[0] == "resnet50"
+    # Callers catching either builtin type see it.
+    for catch in (KeyError, ValueError):
+        with pytest.raises(catch):
+            create_backbone("resnt50")
+
+
+def test_unknown_backbone_message_has_no_quotes_around_it():
+    with pytest.raises(UnknownNameError) as info:
+        create_backbone("resnt50")
+    text = str(info.value)
+    assert text.startswith("unknown backbone 'resnt50'")
+    assert not text.startswith(("'", '"'))
+    assert not text.endswith(("'", '"'))
+    assert "did you mean 'resnet50'" in text
+
+
+def test_unknown_backbone_message_lists_the_accepted_names():
+    with pytest.raises(UnknownNameError) as info:
+        create_backbone("resnt50")
+    accepted = str(info.value).split("Accepted: ", 1)[1]
+    names = accepted.split(", ")
+    assert {"resnet18", "resnet50", "resnext50_32x4d", "wide_resnet101_2"} <= set(names)
+    assert names == sorted(names)
+
+
+def test_unknown_backbone_without_close_match_makes_no_suggestion():
+    with pytest.raises(UnknownNameError, match=r"unknown backbone 'vit_base'\. Accepted: ") as info:
+        create_backbone("vit_base")
+    assert info.value.suggestions == []
+    assert "did you mean" not in str(info.value)
+
+
+@pytest.mark.parametrize("name", [None, 50, ["resnet50"]])
+def test_non_string_backbone_name_is_an_unknown_name(name):
+    with pytest.raises(UnknownNameError, match=re.escape(f"unknown backbone {str(name)!r}")):
+        create_backbone(name)
+
+
+def test_unknown_block_name_in_get_block():
+    with pytest.raises(
+        UnknownNameError, match=r"unknown block 'bottlenek'; did you mean 'bottleneck'"
+    ):
+        get_block("bottlenek")
+
+
+def test_unknown_block_name_in_block_option():
+    with pytest.raises(UnknownNameError, match=r"unknown block 'basik'; did you mean 'basic'"):
+        create_backbone("resnet18", block="basik")
+
+
+def test_unknown_block_name_in_per_stage_list():
+    blocks = ("basic", "basic", "bottlenck", "basic")
+    with pytest.raises(
+        UnknownNameError, match=r"unknown block 'bottlenck'; did you mean 'bottleneck'"
+    ):
+        create_backbone("resnet18", block=blocks)
+
+
+def test_unknown_norm_layer_suggests_the_close_match():
+    with pytest.raises(
+        UnknownNameError, match=r"unknown norm_layer 'batchnom'; did you mean 'batchnorm'"
+    ) as info:
+        create_backbone("resnet18", norm_layer="batchnom")
+    assert isinstance(info.value, ValueError)
+    assert info.value.suggestions[0] == "batchnorm"
+    assert str(info.value).endswith(
+        "Accepted: batchnorm, frozen_batchnorm, groupnorm, syncbatchnorm"
+    )
+
+
+def test_norm_layer_of_wrong_type():
+    with pytest.raises(
+        TypeError, match=r"norm_layer must be a name \(batchnorm, .*\) or a callable, got 3"
+    ):
+        create_backbone("resnet18", norm_layer=3)
+
+
+# -- out_indices ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("out_indices", "message"),
+    [
+        (
+            (5,),
+            r"out_indices entry 5 is out of range: this network has levels 0\.\.4 \(or -5\.\.-1",
+        ),
+        ((-6,), r"out_indices entry -6 is out of range: this network has levels 0\.\.4"),
+        ((1, 2, 3, 4, 5), r"out_indices entry 5 is out of range"),
+        ((1, 1), r"out_indices entry 1 repeats level 1 in \(1, 1\)"),
+        ((-1, 4), r"out_indices entry 4 repeats level 4 in \(-1, 4\)"),
+        ((0, -5), r"out_indices entry -5 repeats level 0 in \(0, -5\)"),
+        ((), r"out_indices is empty; give at least one level"),
+        ([], r"out_indices is empty"),
+        ((3, 1), r"out_indices \(3, 1\) must be in network order .*e\.g\. \(1, 3\)"),
+        ((-1, 2), r"out_indices \(-1, 2\) must be in network order .*e\.g\. \(2, 4\)"),
+    ],
+)
+def test_out_indices_bad_value(out_indices, message):
+    with pytest.raises(ValueError, match=message):
+        create_backbone("resnet18", out_indices=out_indices)
+
+
+@pytest.mark.parametrize(
+    ("out_indices", "message"),
+    [
+        ((1.0, 2), r"out_indices must hold ints, got 1\.0 in \(1\.0, 2\)"),
+        ((1, "2"), r"out_indices must hold ints, got '2' in \(1, '2'\)"),
+        ((True, 2), r"out_indices must hold ints, got True"),
+        ((1, None), r"out_indices must hold ints, got None"),
+        ("1234", r"out_indices must be a sequence of ints such as \(1, 2, 3, 4\), got '1234'"),
+        (b"\x01", r"out_indices must be a sequence of ints"),
+        (3, r"out_indices must be a sequence of ints .*got 3"),
+        (None, r"out_indices must be a sequence of ints .*got None"),
+        ({1, 2}, r"out_indices must be a sequence of ints"),
+    ],
+)
+def test_out_indices_bad_type(out_indices, message):
+    with pytest.raises(TypeError, match=message):
+        create_backbone("resnet18", out_indices=out_indices)
+
+
+# -- output_stride, frozen_stages, in_chans, drop_path_rate --------------------------
+
+
+@pytest.mark.parametrize("output_stride", [4, 64, 12, 0, -32, "16", None, True, 16.0])
+def test_output_stride_unsupported(output_stride):
+    with pytest.raises(
+        ValueError,
+        match=re.escape(f"output_stride={output_stride!r} is not supported; accepted: 8, 16, 32"),
+    ):
+        create_backbone("resnet18", output_stride=output_stride)
+
+
+@pytest.mark.parametrize("frozen_stages", [-2, 5, 100])
+def test_frozen_stages_out_of_range(frozen_stages):
+    with pytest.raises(
+        ValueError,
+        match=rf"frozen_stages={frozen_stages} is out of range; accepted: -1 \(nothing\) \.\. 4",
+    ):
+        create_backbone("resnet18", frozen_stages=frozen_stages)
+
+
+def test_frozen_stages_deeper_than_the_built_network():
+    with pytest.raises(
+        ValueError,
+        match=r"frozen_stages=4 is out of range; accepted: -1 \(nothing\) \.\. 2 "
+        r"\(the deepest stage built for out_indices=\(1, 2\)\)",
+    ):
+        create_backbone("resnet18", out_indices=(1, 2), frozen_stages=4)
+
+
+def test_frozen_stages_limit_follows_negative_out_indices():
+    with pytest.raises(ValueError, match=r"accepted: -1 \(nothing\) \.\. 3 .*out_indices=\(3,\)"):
+        create_backbone("resnet18", out_indices=(-2,), frozen_stages=4)
+
+
+@pytest.mark.parametrize("frozen_stages", [1.0, "1", True, None])
+def test_frozen_stages_wrong_type(frozen_stages):
+    with pytest.raises(
+        TypeError, match=re.escape(f"frozen_stages must be an int, got {frozen_stages!r}")
+    ):
+        create_backbone("resnet18", frozen_stages=frozen_stages)
+
+
+@pytest.mark.parametrize("in_chans", [0, -1])
+def test_in_chans_not_positive(in_chans):
+    with pytest.raises(
+        ValueError, match=re.escape(f"in_chans must be a positive int, got {in_chans!r}")
+    ):
+        create_backbone("resnet18", in_chans=in_chans)
+
+
+@pytest.mark.parametrize("in_chans", [2.5, True, "3", None])
+def test_in_chans_not_an_int(in_chans):
+    with pytest.raises(
+        TypeError, match=re.escape(f"in_chans must be a positive int, got {in_chans!r}")
+    ):
+        create_backbone("resnet18", in_chans=in_chans)
+
+
+@pytest.mark.parametrize("rate", [-0.1, 1.0, 1.5, float("nan"), float("inf")])
+def test_drop_path_rate_out_of_range(rate):
+    with pytest.raises(
+        ValueError, match=re.escape(f"drop_path_rate={rate!r} is out of range; accepted: [0, 1)")
+    ):
+        create_backbone("resnet18", drop_path_rate=rate)
+
+
+@pytest.mark.parametrize("rate", ["0.1", None, True])
+def test_drop_path_rate_wrong_type(rate):
+    with pytest.raises(
+        TypeError, match=re.escape(f"drop_path_rate must be a float in [0, 1), got {rate!r}")
+    ):
+        create_backbone("resnet18", drop_path_rate=rate)
+
+
+# -- block, block_kwargs -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "block",
+    [
+        ("basic", "basic", "basic"),
+        ["basic"] * 5,
+        (),
+        ("basic", "basic", "basic", 1),
+        ("basic", None, "basic", "basic"),
+        3,
+    ],
+)
+def test_block_sequence_of_wrong_shape(block):
+    with pytest.raises(
+        ValueError,
+        match=re.escape(
+            f"block={block!r} is not accepted; give one registered block name, or 4 names"
+        ),
+    ):
+        create_backbone("resnet18", block=block)
+
+
+def test_basic_block_refuses_groups():
+    with pytest.raises(ValueError, match=r"basic block supports only groups=1, got groups=32"):
+        create_backbone("resnext50_32x4d", block="basic")
+
+
+def test_basic_block_refuses_wide_base_width():
+    with pytest.raises(
+        ValueError, match=r"basic block supports only base_width=64, got base_width=128"
+    ):
+        create_backbone("wide_resnet50_2", block="basic")
+
+
+@pytest.mark.parametrize("block_kwargs", [[("x", 1)], "x=1", 1])
+def test_block_kwargs_not_a_dict(block_kwargs):
+    with pytest.raises(
+        TypeError, match=re.escape(f"block_kwargs must be a dict or None, got {block_kwargs!r}")
+    ):
+        create_backbone("resnet18", block_kwargs=block_kwargs)
+
+
+def test_block_kwargs_unknown_to_the_block():
+    with pytest.raises(TypeError, match=r"unexpected keyword argument 'no_such_option'"):
+        create_backbone("resnet18", block_kwargs={"no_such_option": 1})
+
+
+def test_block_kwargs_cannot_override_trunk_arguments():
+    with pytest.raises(TypeError, match=r"multiple values for keyword argument 'stride'"):
+        create_backbone("resnet18", block_kwargs={"stride": 2})
+
+
+# -- bool options --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("option", ["norm_eval", "zero_init_last", "return_dict"])
+@pytest.mark.parametrize("value", [1, 0, "yes", None, 1.0])
+def test_bool_option_given_non_bool(option, value):
+    with pytest.raises(
+        TypeError, match=re.escape(f"{option} must be True or False, got {value!r}")
+    ):
+        create_backbone("resnet18", **{option: value})
+
+
+def test_unknown_option_is_a_type_error():
+    with pytest.raises(TypeError, match="pretrained"):
+        create_backbone("resnet18", pretrained=True)
+
+
+def test_options_are_keyword_only():
+    with pytest.raises(TypeError):
+        create_backbone("resnet18", (1, 2, 3, 4))
+
+
+# -- registration --------------------------------------------------------------------
+
+
+def test_register_backbone_with_a_taken_name_names_the_existing_source():
+    def my_factory(**options):
+        return nn.Identity()
+
+    with pytest.raises(
+        ValueError,
+        match=r"backbone 'resnet50' is already registered by backbones \(built-in\); "
+        r"refusing to replace it with one from .*my_factory",
+    ):
+        register_backbone("resnet50")(my_factory)
+    assert create_backbone("resnet50", out_indices=(0,)).feature_info.channels() == [64]
+
+
+def test_register_backbone_twice_names_the_first_registration():
+    name = unique("test_twice")
+
+    @register_backbone(name)
+    def first_factory(**options):
+        return nn.Identity()
+
+    with pytest.raises(
+        ValueError, match=rf"already registered by {re.escape(__name__)}\..*first_factory"
+    ):
+        register_backbone(name)(lambda **options: nn.Identity())
+
+
+@pytest.mark.parametrize("name", ["", None, 7])
+def test_register_backbone_name_must_be_a_non_empty_string(name):
+    with pytest.raises(
+        TypeError, match=re.escape(f"a backbone name must be a non-empty string, got {name!r}")
+    ):
+        register_backbone(name)(lambda **options: nn.Identity())
+
+
+def test_register_block_with_a_taken_name():
+    class Block(BasicBlock):
+        pass
+
+    with pytest.raises(
+        ValueError, match=r"block 'basic' is already registered by backbones \(built-in\)"
+    ):
+        register_block("basic")(Block)
+    assert get_block("basic") is BasicBlock
+
+
+@pytest.mark.parametrize("expansion", [None, 0, -1, 1.0, "4", True])
+def test_register_block_without_a_positive_int_expansion(expansion):
+    name = unique("test_bad_expansion")
+    attrs = {} if expansion is None else {"expansion": expansion}
+    cls = type("NoExpansion", (nn.Module,), attrs)
+    with pytest.raises(
+        TypeError,
+        match=re.escape(
+            f"block {name!r} (NoExpansion) needs a positive int class attribute "
+            f"'expansion', got {expansion!r}"
+        ),
+    ):
+        register_block(name)(cls)
+    assert name not in list_blocks()
+
+
+@pytest.mark.parametrize("obj", [BasicBlock(64, 64), object, lambda: None])
+def test_register_block_needs_an_nn_module_subclass(obj):
+    name = unique("test_not_a_block")
+    with pytest.raises(
+        TypeError, match=re.escape(f"block {name!r} must be an nn.Module subclass, got")
+    ):
+        register_block(name)(obj)
+    assert name not in list_blocks()
+
+
+def test_failed_registration_leaves_no_trace():
+    name = unique("test_no_trace")
+    with pytest.raises(TypeError):
+        register_block(name)(nn.Module)  # no expansion
+    with pytest.raises(UnknownNameError):
+        get_block(name)
+    assert name not in list_backbones("*") + list_blocks("*")
+
+
+# -- the exception type itself -------------------------------------------------------
+
+
+def test_unknown_name_error_survives_pickling():
+    err = UnknownNameError("backbone", "resnt50", ["resnet50"])
+    clone = pickle.loads(pickle.dumps(err))
+    assert str(clone) == str(err)
+    assert (clone.kind, clone.name, clone.suggestions) == ("backbone", "resnt50", ["resnet50"])
+
+
+def test_unknown_name_error_survives_copy():
+    err = UnknownNameError("backbone", "resnt50", ["resnet50"])
+    assert str(copy.copy(err)) == str(err)
+
+
+# -- no reliance on assert -----------------------------------------------------------
+
+
+def test_package_source_has_no_assert_statements():
+    files = sorted(PACKAGE_DIR.glob("*.py"))
+    assert {f.name for f in files} >= {
+        "registry.py",
+        "resnet.py",
+        "features.py",
+        "blocks.py",
+        "norm.py",
+    }
+    found = [
+        f"{path.name}:{node.lineno}"
+        for path in files
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path)))
+        if isinstance(node, ast.Assert)
+    ]
+    assert found == []
+
+
+def test_interpreter_flag_matches_the_subprocess_request():
+    # Runs in both passes; only the -O pass sets the variable, and then -O must be in effect.
+    if os.environ.get(OPTIMIZED_ENV) == "1":
+        assert sys.flags.optimize >= 1
+    else:
+        assert OPTIMIZED_ENV not in os.environ
+
+
+def test_errors_hold_under_python_optimized():
+    """Re-run this file under ``python -O``: assert statements vanish, validation must not.
+
+    pytest rewrites the asserts of test modules into explicit raises, so the tests
+    themselves still check under -O; only the library's own asserts would disappear.
+    """
+    env = {**os.environ, OPTIMIZED_ENV: "1"}
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-O",
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            __file__,
+            "-k",
+            "not optimized",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=PACKAGE_DIR.parent,
+        timeout=600,
+        check=False,
+    )
+    report = proc.stdout + proc.stderr
+    assert proc.returncode == 0, report[-5000:]
+    summary = report.strip().splitlines()[-1]
+    assert re.search(r"\d+ passed", summary), summary
+    assert not re.search(r"\d+ (failed|errors?)\b", summary), summary
+    passed = int(re.search(r"(\d+) passed", summary).group(1))
+    assert passed > 100, summary
