@@ -8,6 +8,7 @@ Example:
 """
 
 from backbones.features import FeatureInfo, FeatureLevel
+from backbones.inference import optimize_for_inference
 from backbones.registry import (
     UnknownNameError,
     create_backbone,
@@ -26,6 +27,7 @@ __all__ = [
     "get_block",
     "list_backbones",
     "list_blocks",
+    "optimize_for_inference",
     "register_backbone",
     "register_block",
 ]

@@ -18,6 +18,11 @@ from torch import nn
 __all__ = ["BenchResult", "benchmark"]
 
 
+OURS = "backbones"
+OPTIMIZED = "backbones optimized"
+TIMM = "timm features_only"
+
+
 @dataclass(frozen=True)
 class BenchResult:
     """Timings of one benchmark run.
@@ -25,8 +30,9 @@ class BenchResult:
     Attributes:
         name: the backbone.
         batch_size, img_size, threads, rounds: the setting measured.
-        ours_s, timm_s: median seconds per forward pass.
-        ratio_median: median over rounds of (timm time / our time); above 1 means we are faster.
+        seconds: median seconds per forward pass, per contender.
+        ratios: per contender, the median over rounds of (timm's time / its time);
+            above 1 means faster than timm.
     """
 
     name: str
@@ -34,32 +40,32 @@ class BenchResult:
     img_size: int
     threads: int
     rounds: int
-    ours_s: float
-    timm_s: float
-    ratio_median: float
+    seconds: dict[str, float]
+    ratios: dict[str, float]
 
     @property
-    def ours_ips(self) -> float:
-        """Our images per second."""
-        return self.batch_size / self.ours_s
+    def ratio_median(self) -> float:
+        """Our eager backbone's speed relative to timm's (images/s over images/s)."""
+        return self.ratios[OURS]
 
-    @property
-    def timm_ips(self) -> float:
-        """timm's images per second."""
-        return self.batch_size / self.timm_s
+    def images_per_second(self, contender: str) -> float:
+        """Images per second of one contender."""
+        return self.batch_size / self.seconds[contender]
 
     def table(self) -> str:
         """The result as a small text table."""
-        return "\n".join(
-            [
-                f"{self.name}: batch {self.batch_size}, {self.img_size}x{self.img_size}, "
-                f"{self.threads} threads, {self.rounds} interleaved rounds, eval, inference_mode",
-                f"  {'model':<22}{'ms/batch':>10}{'images/s':>10}",
-                f"  {'backbones':<22}{self.ours_s * 1e3:>10.1f}{self.ours_ips:>10.1f}",
-                f"  {'timm features_only':<22}{self.timm_s * 1e3:>10.1f}{self.timm_ips:>10.1f}",
-                f"  ratio (backbones / timm images/s): {self.ratio_median:.3f}",
-            ]
-        )
+        lines = [
+            f"{self.name}: batch {self.batch_size}, {self.img_size}x{self.img_size}, "
+            f"{self.threads} threads, {self.rounds} interleaved rounds, eval, inference_mode",
+            f"  {'model':<22}{'ms/batch':>10}{'images/s':>10}{'vs timm':>9}",
+        ]
+        for contender, seconds in self.seconds.items():
+            lines.append(
+                f"  {contender:<22}{seconds * 1e3:>10.1f}"
+                f"{self.images_per_second(contender):>10.1f}{self.ratios[contender]:>9.3f}"
+            )
+        lines.append(f"  ratio (backbones / timm images/s): {self.ratio_median:.3f}")
+        return "\n".join(lines)
 
 
 def benchmark(
@@ -71,6 +77,7 @@ def benchmark(
     threads: int = 2,
     rounds: int = 20,
     warmup: int = 3,
+    optimized: bool = False,
 ) -> BenchResult:
     """Time eager forward of ``create_backbone(name)`` against timm's features_only model.
 
@@ -82,6 +89,7 @@ def benchmark(
         threads: torch intra-op threads for the run (restored afterwards).
         rounds: timed rounds; each times one pass of each model.
         warmup: untimed passes of each model first.
+        optimized: also time :func:`backbones.inference.optimize_for_inference`'s copy.
 
     Returns:
         A :class:`BenchResult`.
@@ -97,6 +105,7 @@ def benchmark(
     """
     import timm
 
+    from backbones.inference import optimize_for_inference
     from backbones.registry import create_backbone
 
     for label, value in (("batch_size", batch_size), ("img_size", img_size), ("threads", threads)):
@@ -109,20 +118,24 @@ def benchmark(
         raise RuntimeError(f"timm defines no model {name!r} to compare with")
     reference = timm.create_model(name, features_only=True, out_indices=tuple(out_indices)).eval()
     ours.load_state_dict(reference.state_dict())  # same numbers through both
+    contenders: dict[str, nn.Module] = {OURS: ours, TIMM: reference}
+    if optimized:
+        contenders[OPTIMIZED] = optimize_for_inference(ours)
     x = torch.randn(batch_size, 3, img_size, img_size)
 
+    times: dict[str, list[float]] = {label: [] for label in contenders}
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         with torch.inference_mode():
             for _ in range(warmup):
-                ours(x)
-                reference(x)
-            ours_t, ref_t = [], []
+                for model in contenders.values():
+                    model(x)
+            order = list(contenders)
             for i in range(rounds):
-                pair = [(ours, ours_t), (reference, ref_t)]
-                for model, sink in pair if i % 2 == 0 else reversed(pair):
-                    sink.append(_time_once(model, x))
+                shift = i % len(order)  # rotate who goes first
+                for label in order[shift:] + order[:shift]:
+                    times[label].append(_time_once(contenders[label], x))
     finally:
         torch.set_num_threads(previous_threads)
 
@@ -132,9 +145,11 @@ def benchmark(
         img_size=img_size,
         threads=threads,
         rounds=rounds,
-        ours_s=statistics.median(ours_t),
-        timm_s=statistics.median(ref_t),
-        ratio_median=statistics.median(r / o for o, r in zip(ours_t, ref_t, strict=True)),
+        seconds={label: statistics.median(t) for label, t in times.items()},
+        ratios={
+            label: statistics.median(r / o for o, r in zip(t, times[TIMM], strict=True))
+            for label, t in times.items()
+        },
     )
 
 

@@ -106,9 +106,11 @@ class BasicBlock(nn.Module):
         _zero_gamma(self.bn2)
 
     def forward(self, x: Tensor) -> Tensor:
-        shortcut = x if self.downsample is None else self.downsample(x)
+        shortcut = x
         x = self.act1(self.bn1(self.conv1(x)))
         x = self.drop_path(self.bn2(self.conv2(x)))
+        if self.downsample is not None:  # after the main path: a lower memory peak
+            shortcut = self.downsample(shortcut)
         x += shortcut  # in place: one activation-sized allocation fewer per block
         return self.act2(x)
 
@@ -168,9 +170,11 @@ class Bottleneck(nn.Module):
         _zero_gamma(self.bn3)
 
     def forward(self, x: Tensor) -> Tensor:
-        shortcut = x if self.downsample is None else self.downsample(x)
+        shortcut = x
         x = self.act1(self.bn1(self.conv1(x)))
         x = self.act2(self.bn2(self.conv2(x)))
         x = self.drop_path(self.bn3(self.conv3(x)))
+        if self.downsample is not None:  # after the main path: a lower memory peak
+            shortcut = self.downsample(shortcut)
         x += shortcut  # in place: one activation-sized allocation fewer per block
         return self.act3(x)

@@ -35,6 +35,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         threads=args.threads,
         rounds=args.rounds,
         warmup=args.warmup,
+        optimized=args.optimized,
     )
     print(result.table())
     return 0
@@ -57,6 +58,11 @@ def _parser() -> argparse.ArgumentParser:
     p_bench.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     p_bench.add_argument("--rounds", type=int, default=20, help="interleaved timed rounds")
     p_bench.add_argument("--warmup", type=int, default=3)
+    p_bench.add_argument(
+        "--optimized",
+        action="store_true",
+        help="also time optimize_for_inference (BatchNorm folded, channels_last)",
+    )
     p_bench.set_defaults(run=_cmd_bench)
     return parser
 

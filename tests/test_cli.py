@@ -30,18 +30,30 @@ def test_bench_reports_both_models_and_their_ratio(capsys: pytest.CaptureFixture
     assert main([*argv, "--warmup", "0", "--threads", "1"]) == 0
     out = capsys.readouterr().out
     assert "resnet18: batch 1, 32x32, 1 threads, 2 interleaved rounds" in out
-    ours = re.search(r"backbones\s+([\d.]+)\s+([\d.]+)", out)
-    ref = re.search(r"timm features_only\s+([\d.]+)\s+([\d.]+)", out)
+    number = r"\s+(\d+\.\d)\s+(\d+\.\d)\s+(\d+\.\d{3})"
+    ours = re.search(r"backbones" + number, out)
+    ref = re.search(r"timm features_only" + number, out)
     assert ours and ref
     assert float(ours.group(2)) > 0 and float(ref.group(2)) > 0
+    assert ref.group(3) == "1.000"
     assert re.search(r"ratio \(backbones / timm images/s\): \d+\.\d{3}", out)
+    assert "optimized" not in out
+
+
+def test_bench_optimized_adds_a_row(capsys: pytest.CaptureFixture[str]):
+    argv = ["bench", "resnet18", "--batch-size", "1", "--img-size", "32", "--rounds", "1"]
+    assert main([*argv, "--warmup", "0", "--optimized"]) == 0
+    assert re.search(r"backbones optimized\s+\d+\.\d", capsys.readouterr().out)
 
 
 def test_bench_result_images_per_second_follow_the_timings():
     result = benchmark("resnet18", batch_size=2, img_size=32, rounds=1, warmup=0, threads=1)
-    assert result.ours_ips == pytest.approx(2 / result.ours_s)
-    assert result.timm_ips == pytest.approx(2 / result.timm_s)
-    assert result.ratio_median == pytest.approx(result.timm_s / result.ours_s)
+    assert set(result.seconds) == {"backbones", "timm features_only"}
+    for contender, seconds in result.seconds.items():
+        assert result.images_per_second(contender) == pytest.approx(2 / seconds)
+    timm_s = result.seconds["timm features_only"]
+    assert result.ratio_median == pytest.approx(timm_s / result.seconds["backbones"])
+    assert result.ratios["timm features_only"] == 1.0
 
 
 def test_bench_restores_the_thread_count():
