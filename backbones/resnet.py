@@ -88,7 +88,8 @@ class _StagePlan:
 
     @property
     def out_channels(self) -> int:
-        return self.planes * int(self.block.expansion)  # type: ignore[arg-type]
+        expansion: int = getattr(self.block, "expansion")  # noqa: B009  # checked at registration
+        return self.planes * expansion
 
 
 class ResNet(nn.ModuleDict):
@@ -217,8 +218,9 @@ class ResNet(nn.ModuleDict):
                 nn.init.zeros_(m.bias)
         if zero_init_last:
             for m in self.modules():
-                if m is not self and callable(getattr(m, "zero_init_last", None)):
-                    m.zero_init_last()
+                zero_init = getattr(m, "zero_init_last", None)
+                if m is not self and callable(zero_init):
+                    zero_init()
 
     def train(self, mode: bool = True) -> "ResNet":
         """Set the mode; frozen stages (and with ``norm_eval`` every BatchNorm) stay in eval."""
@@ -389,7 +391,7 @@ def _is_int(value: object) -> bool:
 
 
 def _check_positive_int(name: str, value: object) -> None:
-    if not _is_int(value):
+    if not isinstance(value, int) or isinstance(value, bool):
         raise TypeError(f"{name} must be a positive int, got {value!r}")
     if value < 1:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
