@@ -8,6 +8,7 @@ Example:
 """
 
 from backbones.features import FeatureInfo, FeatureLevel
+from backbones.hookspecs import hookimpl
 from backbones.inference import optimize_for_inference
 from backbones.registry import (
     UnknownNameError,
@@ -18,13 +19,16 @@ from backbones.registry import (
     register_backbone,
     register_block,
 )
+from backbones.variants import ResNetSpec
 
 __all__ = [
     "FeatureInfo",
     "FeatureLevel",
+    "ResNetSpec",
     "UnknownNameError",
     "create_backbone",
     "get_block",
+    "hookimpl",
     "list_backbones",
     "list_blocks",
     "optimize_for_inference",

@@ -2,7 +2,8 @@
 
 from backbones.blocks import BasicBlock, Bottleneck
 from backbones.registry import BACKBONES, BLOCKS
-from backbones.resnet import RESNET_VARIANTS, resnet_factory
+from backbones.resnet import resnet_factory
+from backbones.variants import RESNET_VARIANTS
 
 SOURCE = "backbones (built-in)"
 
