@@ -224,9 +224,9 @@ def resnet_factory(spec: ResNetSpec) -> Callable[..., ResNet]:
 
 def _resolve_blocks(spec: ResNetSpec, block: str | Sequence[str] | None) -> list[type[nn.Module]]:
     if block is None:
-        names: Sequence[str] = (spec.block,) * NUM_STAGES
-    elif isinstance(block, str):
-        names = (block,) * NUM_STAGES
+        block = spec.block
+    if isinstance(block, str):
+        names: Sequence[str] = (block,) * NUM_STAGES
     elif (
         isinstance(block, Sequence)
         and len(block) == NUM_STAGES

@@ -14,7 +14,8 @@ class ResNetSpec:
     """One ResNet variant, as data.
 
     Attributes:
-        block: registered name of the block used in every stage.
+        block: registered name of the block used in every stage, or four names,
+            one per stage (e.g. deformable blocks in stages 3 and 4 only).
         layers: number of blocks in each of the four stages.
         groups: groups of the bottleneck's 3x3 conv (ResNeXt cardinality).
         width_per_group: bottleneck width per group (64 plain, 128 wide).
@@ -24,7 +25,7 @@ class ResNetSpec:
         origin: the library whose definition and weight names this variant follows.
     """
 
-    block: str
+    block: str | tuple[str, str, str, str]
     layers: tuple[int, int, int, int]
     groups: int = 1
     width_per_group: int = 64
