@@ -10,29 +10,43 @@ Example:
 from backbones.features import FeatureInfo, FeatureLevel
 from backbones.hookspecs import hookimpl
 from backbones.inference import optimize_for_inference
+from backbones.model import BackboneWithHead, create_model
+from backbones.plugin_manager import PluginInfo, list_plugins
 from backbones.registry import (
+    NameConflictError,
     UnknownNameError,
     create_backbone,
+    create_head,
     get_block,
     list_backbones,
     list_blocks,
+    list_heads,
     register_backbone,
     register_block,
+    register_head,
 )
 from backbones.variants import ResNetSpec
 
 __all__ = [
+    "BackboneWithHead",
     "FeatureInfo",
     "FeatureLevel",
+    "NameConflictError",
+    "PluginInfo",
     "ResNetSpec",
     "UnknownNameError",
     "create_backbone",
+    "create_head",
+    "create_model",
     "get_block",
     "hookimpl",
     "list_backbones",
     "list_blocks",
+    "list_heads",
+    "list_plugins",
     "optimize_for_inference",
     "register_backbone",
     "register_block",
+    "register_head",
 ]
 __version__ = "0.1.0"

@@ -1,16 +1,28 @@
-"""Registers the built-in blocks and ResNet variants; the registries call this on first use."""
+"""The built-in plugin: the library's own blocks, heads and ResNet variants.
+
+They come in through the same hooks as any third-party plugin.
+"""
+
+from collections.abc import Callable
+
+from torch import nn
 
 from backbones.blocks import BasicBlock, Bottleneck
-from backbones.registry import BACKBONES, BLOCKS
-from backbones.resnet import resnet_factory
-from backbones.variants import RESNET_VARIANTS
-
-SOURCE = "backbones (built-in)"
+from backbones.heads import classification_head
+from backbones.hookspecs import hookimpl
+from backbones.variants import RESNET_VARIANTS, ResNetSpec
 
 
-def register_all() -> None:
-    """Add the built-in entries to the block and backbone registries."""
-    BLOCKS.add("basic", BasicBlock, source=SOURCE)
-    BLOCKS.add("bottleneck", Bottleneck, source=SOURCE)
-    for name, spec in RESNET_VARIANTS.items():
-        BACKBONES.add(name, resnet_factory(spec), source=SOURCE)
+@hookimpl
+def backbones_register_blocks() -> dict[str, type[nn.Module]]:
+    return {"basic": BasicBlock, "bottleneck": Bottleneck}
+
+
+@hookimpl
+def backbones_register_heads() -> dict[str, Callable[..., nn.Module]]:
+    return {"classification": classification_head}
+
+
+@hookimpl
+def backbones_register_backbones() -> dict[str, ResNetSpec]:
+    return dict(RESNET_VARIANTS)

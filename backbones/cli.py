@@ -1,7 +1,8 @@
 """The ``backbones`` command line: ``python -m backbones <command>``.
 
 Commands:
-    list [PATTERN]    registered backbones and blocks matching an fnmatch pattern
+    list [PATTERN]    registered backbones, blocks and heads matching an fnmatch pattern
+    plugins           every plugin, its distribution, what it registered, what failed
     bench NAME        eager forward speed against timm's features_only model
 """
 
@@ -13,15 +14,43 @@ __all__ = ["main"]
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    from backbones.registry import list_backbones, list_blocks
+    from backbones.registry import list_backbones, list_blocks, list_heads
 
     for title, names in (
         ("backbones", list_backbones(args.pattern)),
         ("blocks", list_blocks(args.pattern)),
+        ("heads", list_heads(args.pattern)),
     ):
         print(f"{title} ({len(names)}):")
         for name in names:
             print(f"  {name}")
+    return 0
+
+
+def _cmd_plugins(args: argparse.Namespace) -> int:
+    from backbones.plugin_manager import autoload_disabled, list_plugins
+    from backbones.registry import BACKBONES, BLOCKS, HEADS
+
+    plugins = list_plugins()
+    if autoload_disabled():
+        print("entry-point autoload is disabled (BACKBONES_DISABLE_PLUGIN_AUTOLOAD)")
+    for plugin in plugins:
+        status = (
+            "FAILED"
+            if not plugin.loaded
+            else ("loaded, with errors" if plugin.failed else "loaded")
+        )
+        origin = f"{plugin.distribution} {plugin.version}" if plugin.distribution else "backbones"
+        print(f"{plugin.name} [{status}] {origin}: {plugin.module}")
+        for kind in ("backbone", "block", "head"):
+            names = plugin.registered.get(kind, [])
+            if names:
+                print(f"  {kind}s: {', '.join(names)}")
+        for error in plugin.errors:
+            print(f"  error: {error}")
+    for registry in (BACKBONES, BLOCKS, HEADS):
+        for name, sources in registry.conflicts().items():
+            print(f"conflict: {registry.kind} {name!r} from {' and '.join(sources)}")
     return 0
 
 
@@ -47,9 +76,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p_list = sub.add_parser("list", help="list registered backbones and blocks")
+    p_list = sub.add_parser("list", help="list registered backbones, blocks and heads")
     p_list.add_argument("pattern", nargs="?", default="*", help="fnmatch pattern, e.g. 'resnet*'")
     p_list.set_defaults(run=_cmd_list)
+
+    p_plugins = sub.add_parser("plugins", help="list plugins, what they registered and failures")
+    p_plugins.set_defaults(run=_cmd_plugins)
 
     p_bench = sub.add_parser("bench", help="time eager forward against timm's features_only model")
     p_bench.add_argument("name", help="a backbone timm also defines, e.g. resnet50")

@@ -14,15 +14,21 @@ from typing import Any, Generic, TypeVar
 
 from torch import nn
 
+from backbones.features import FeatureInfo
+
 __all__ = [
+    "NameConflictError",
     "Registry",
     "UnknownNameError",
     "create_backbone",
+    "create_head",
     "get_block",
     "list_backbones",
     "list_blocks",
+    "list_heads",
     "register_backbone",
     "register_block",
+    "register_head",
 ]
 
 T = TypeVar("T")
@@ -30,6 +36,9 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 BackboneFactory = Callable[..., nn.Module]
 """Builds a backbone. Called with every option of :func:`create_backbone` as a keyword."""
+
+HeadFactory = Callable[..., nn.Module]
+"""Builds a head. Called as ``factory(feature_info=..., **head_kwargs)``."""
 
 
 class UnknownNameError(KeyError, ValueError):
@@ -64,6 +73,30 @@ class UnknownNameError(KeyError, ValueError):
         return (type(self), (self.kind, self.name, self.available))
 
 
+class NameConflictError(ValueError):
+    """Two sources (plugins, or a plugin and the built-ins) registered one name.
+
+    Neither entry is used: the library does not pick one silently. Uninstall one of
+    the distributions, or set ``BACKBONES_DISABLE_PLUGIN_AUTOLOAD=1``.
+
+    Attributes:
+        kind: "backbone", "block" or "head".
+        name: the contested name.
+        sources: where each registration came from.
+    """
+
+    def __init__(self, kind: str, name: str, sources: Sequence[str]) -> None:
+        self.kind, self.name, self.sources = kind, name, tuple(sources)
+        super().__init__(
+            f"{kind} {name!r} is registered by more than one source: "
+            f"{' and '.join(self.sources)}; neither is used. Uninstall one of them, or set "
+            f"BACKBONES_DISABLE_PLUGIN_AUTOLOAD=1 to skip installed plugins"
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.kind, self.name, self.sources))
+
+
 class Registry(Generic[T]):
     """Names mapped to objects, filled lazily by ``loader`` on first use.
 
@@ -83,6 +116,7 @@ class Registry(Generic[T]):
         self._loader = loader
         self._entries: dict[str, T] = {}
         self._sources: dict[str, str] = {}
+        self._conflicts: dict[str, tuple[str, ...]] = {}
         self._loaded = loader is None
 
     def _ensure_loaded(self) -> None:
@@ -101,6 +135,8 @@ class Registry(Generic[T]):
         if not isinstance(name, str) or not name:
             raise TypeError(f"a {self.kind} name must be a non-empty string, got {name!r}")
         self._ensure_loaded()
+        if name in self._conflicts:
+            raise NameConflictError(self.kind, name, (*self._conflicts[name], source))
         if name in self._entries:
             raise ValueError(
                 f"{self.kind} {name!r} is already registered by {self._sources[name]}; "
@@ -109,17 +145,32 @@ class Registry(Generic[T]):
         self._entries[name] = obj
         self._sources[name] = source
 
+    def add_conflict(self, name: str, sources: Sequence[str]) -> None:
+        """Record that several ``sources`` claim ``name``: looking it up then raises."""
+        self._ensure_loaded()
+        self._entries.pop(name, None)
+        self._sources.pop(name, None)
+        self._conflicts[name] = tuple(sources)
+
+    def conflicts(self) -> dict[str, tuple[str, ...]]:
+        """Names claimed by more than one source, with those sources."""
+        self._ensure_loaded()
+        return dict(self._conflicts)
+
     def get(self, name: str) -> T:
         """The entry called ``name``.
 
         Raises:
             UnknownNameError: no such entry; the message suggests close matches.
+            NameConflictError: more than one source registered ``name``.
         """
         self._ensure_loaded()
-        try:
-            return self._entries[name]
-        except (KeyError, TypeError):
-            raise UnknownNameError(self.kind, str(name), list(self._entries)) from None
+        if isinstance(name, str):
+            if name in self._conflicts:
+                raise NameConflictError(self.kind, name, self._conflicts[name])
+            if name in self._entries:
+                return self._entries[name]
+        raise UnknownNameError(self.kind, str(name), list(self._entries))
 
     def source(self, name: str) -> str:
         """Where the entry ``name`` came from."""
@@ -155,18 +206,19 @@ class _Once:
             load()
 
 
-def _load_builtins() -> None:
-    # Imported here, not at module level: building the tables imports the trunk,
+def _load_plugins() -> None:
+    # Imported here, not at module level: discovery imports plugins and the trunk,
     # and `import backbones` should stay cheap.
-    from backbones import _builtins
+    from backbones.plugin_manager import get_plugin_manager
 
-    _builtins.register_all()
+    get_plugin_manager().load()
 
 
-_load_builtins_once = _Once(_load_builtins)
+_load_plugins_once = _Once(_load_plugins)
 
-BACKBONES: Registry[BackboneFactory] = Registry("backbone", _load_builtins_once)
-BLOCKS: Registry[type[nn.Module]] = Registry("block", _load_builtins_once)
+BACKBONES: Registry[BackboneFactory] = Registry("backbone", _load_plugins_once)
+BLOCKS: Registry[type[nn.Module]] = Registry("block", _load_plugins_once)
+HEADS: Registry[HeadFactory] = Registry("head", _load_plugins_once)
 
 
 def _source_of(obj: object) -> str:
@@ -230,6 +282,28 @@ def register_block(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
     return decorator
 
 
+def register_head(name: str) -> Callable[[F], F]:
+    """Decorator that registers a head factory under ``name``.
+
+    The factory is called as ``factory(feature_info=<FeatureInfo>, **head_kwargs)``
+    and returns an ``nn.Module`` whose forward takes the backbone's list of features.
+
+    Raises:
+        ValueError: ``name`` is already registered.
+
+    Example:
+        >>> @register_head("my_head")  # doctest: +SKIP
+        ... def my_head(*, feature_info, num_classes=10):
+        ...     return MyHead(feature_info.channels()[-1], num_classes)
+    """
+
+    def decorator(factory: F) -> F:
+        HEADS.add(name, factory, source=_source_of(factory))
+        return factory
+
+    return decorator
+
+
 def _check_block(name: str, cls: object) -> None:
     if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
         raise TypeError(f"block {name!r} must be an nn.Module subclass, got {cls!r}")
@@ -262,6 +336,44 @@ def list_backbones(pattern: str = "*") -> list[str]:
         ['resnet101', 'resnet101d', 'resnet152', 'resnet18']
     """
     return BACKBONES.names(pattern)
+
+
+def list_heads(pattern: str = "*") -> list[str]:
+    """Sorted names of registered heads matching an fnmatch ``pattern``.
+
+    Example:
+        >>> list_heads()
+        ['classification']
+    """
+    return HEADS.names(pattern)
+
+
+def create_head(name: str, *, feature_info: FeatureInfo, **head_kwargs: Any) -> nn.Module:
+    """Build a registered head for a backbone described by ``feature_info``.
+
+    Args:
+        name: a registered head, see :func:`list_heads`.
+        feature_info: the backbone's :class:`~backbones.features.FeatureInfo`.
+        **head_kwargs: the head's own options (e.g. ``num_classes``).
+
+    Returns:
+        An ``nn.Module`` whose forward takes the backbone's list of feature maps.
+
+    Raises:
+        UnknownNameError: ``name`` is not registered.
+        TypeError: ``feature_info`` is not a FeatureInfo, or an option is not the head's.
+
+    Example:
+        >>> bb = create_backbone("resnet18")
+        >>> head = create_head("classification", feature_info=bb.feature_info, num_classes=3)
+    """
+    factory = HEADS.get(name)
+    if not isinstance(feature_info, FeatureInfo):
+        raise TypeError(
+            f"feature_info must be a backbone's FeatureInfo (backbone.feature_info), "
+            f"got {type(feature_info).__name__}"
+        )
+    return factory(feature_info=feature_info, **head_kwargs)
 
 
 def list_blocks(pattern: str = "*") -> list[str]:

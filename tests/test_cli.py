@@ -1,5 +1,6 @@
 """The command line: `python -m backbones list` and `bench`."""
 
+import os
 import re
 import subprocess
 import sys
@@ -10,19 +11,36 @@ from backbones.bench import benchmark
 from backbones.cli import main
 
 
-def test_list_prints_matching_backbones_and_blocks(capsys: pytest.CaptureFixture[str]):
-    assert main(["list", "resnet5*"]) == 0
-    out = capsys.readouterr().out
-    assert "backbones (2):\n  resnet50\n  resnet50d\n" in out
-    assert "blocks (0):" in out
+def _run_cli(*args: str, autoload: bool = False) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "BACKBONES_DISABLE_PLUGIN_AUTOLOAD": "0" if autoload else "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "backbones", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
 
 
-def test_list_without_pattern_shows_everything(capsys: pytest.CaptureFixture[str]):
+def test_list_prints_matching_backbones_blocks_and_heads():
+    result = _run_cli("list", "resnet5*")  # built-ins only: plugins would add names
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "backbones (2):\n  resnet50\n  resnet50d\nblocks (0):\nheads (0):\n"
+
+
+def test_list_without_pattern_shows_every_builtin():
+    result = _run_cli("list")
+    assert result.returncode == 0, result.stderr
+    assert "backbones (12):" in result.stdout
+    assert "  wide_resnet101_2\n" in result.stdout
+    assert "blocks (2):\n  basic\n  bottleneck\n" in result.stdout
+    assert "heads (1):\n  classification\n" in result.stdout
+
+
+def test_list_in_process_includes_the_builtins(capsys: pytest.CaptureFixture[str]):
     assert main(["list"]) == 0
     out = capsys.readouterr().out
-    assert "backbones (12):" in out
-    assert "  wide_resnet101_2\n" in out
-    assert "blocks (2):\n  basic\n  bottleneck\n" in out
+    assert "  resnet50\n" in out and "  bottleneck\n" in out and "  classification\n" in out
 
 
 def test_bench_reports_both_models_and_their_ratio(capsys: pytest.CaptureFixture[str]):
@@ -75,12 +93,13 @@ def test_bench_rejects_a_zero_batch(capsys: pytest.CaptureFixture[str]):
     assert "batch_size must be at least 1, got 0" in capsys.readouterr().err
 
 
-def test_python_dash_m_backbones_runs():
-    result = subprocess.run(
-        [sys.executable, "-m", "backbones", "list", "wide*"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+def test_plugins_lists_the_builtin_plugin_and_what_it_registered():
+    result = _run_cli("plugins")
     assert result.returncode == 0, result.stderr
-    assert "  wide_resnet50_2\n" in result.stdout
+    lines = result.stdout.splitlines()
+    assert lines[0] == "entry-point autoload is disabled (BACKBONES_DISABLE_PLUGIN_AUTOLOAD)"
+    assert lines[1] == "builtin [loaded] backbones: backbones._builtins"
+    assert lines[2].startswith("  backbones: resnet18, resnet34, resnet50,")
+    assert lines[3] == "  blocks: basic, bottleneck"
+    assert lines[4] == "  heads: classification"
+    assert len(lines) == 5

@@ -2,6 +2,7 @@
 
 import fnmatch
 import json
+import os
 import subprocess
 import sys
 import uuid
@@ -320,6 +321,8 @@ def lazy_loading_report() -> dict:
         text=True,
         timeout=300,
         check=False,
+        # built-ins only: installed plugin distributions would add names
+        env={**os.environ, "BACKBONES_DISABLE_PLUGIN_AUTOLOAD": "1"},
     )
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout.strip().splitlines()[-1])

@@ -1,0 +1,10 @@
+"""Heads: modules that turn a backbone's feature maps into task outputs.
+
+A head factory is called as ``factory(feature_info=..., **options)`` and reads
+channels and strides from ``feature_info``; the head's forward takes the list
+of feature maps.
+"""
+
+from backbones.heads.classification import ClassificationHead, classification_head
+
+__all__ = ["ClassificationHead", "classification_head"]

@@ -1,0 +1,66 @@
+"""The ``classification`` head: global pooling, dropout and a linear layer on the deepest map.
+
+It is timm's ``ClassifierHead`` (pool types avg, max, avgmax, catavgmax) taking the
+backbone's list of features. Its linear layer is called ``fc``, as in torchvision's
+and timm's ResNets, so their classifier weights load into it.
+"""
+
+from timm.layers import ClassifierHead
+from torch import Tensor
+
+from backbones.features import FeatureInfo
+
+__all__ = ["POOL_TYPES", "ClassificationHead", "classification_head"]
+
+POOL_TYPES = ("avg", "max", "avgmax", "catavgmax")
+
+
+class ClassificationHead(ClassifierHead):
+    """Classifies from the last feature map a backbone returns.
+
+    Args:
+        in_features: channels of that map.
+        num_classes: outputs; 0 returns the pooled features.
+        pool_type: one of ``POOL_TYPES``.
+        drop_rate: dropout before the linear layer.
+    """
+
+    def forward(self, features: list[Tensor]) -> Tensor:  # type: ignore[override]
+        return super().forward(features[-1])
+
+
+def classification_head(
+    *,
+    feature_info: FeatureInfo,
+    num_classes: int = 1000,
+    pool_type: str = "avg",
+    drop_rate: float = 0.0,
+) -> ClassificationHead:
+    """Build the ``classification`` head for a backbone.
+
+    Args:
+        feature_info: the backbone's feature description; the last map is classified.
+        num_classes: number of classes; 0 gives the pooled features.
+        pool_type: "avg", "max", "avgmax" or "catavgmax".
+        drop_rate: dropout rate before the linear layer, in [0, 1).
+
+    Returns:
+        A :class:`ClassificationHead`.
+
+    Raises:
+        ValueError: an option is out of range; the message names it.
+
+    Example:
+        >>> from backbones import create_backbone
+        >>> bb = create_backbone("resnet18")
+        >>> head = classification_head(feature_info=bb.feature_info, num_classes=10)
+    """
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
+        raise ValueError(f"num_classes must be an int >= 0, got {num_classes!r}")
+    if pool_type not in POOL_TYPES:
+        raise ValueError(f"pool_type={pool_type!r} is not supported; accepted: {POOL_TYPES}")
+    if not 0.0 <= drop_rate < 1.0:
+        raise ValueError(f"drop_rate={drop_rate!r} is out of range; accepted: [0, 1)")
+    return ClassificationHead(
+        feature_info.channels()[-1], num_classes, pool_type=pool_type, drop_rate=drop_rate
+    )

@@ -1,0 +1,269 @@
+"""The plugin manager: finds plugins, calls their hooks, fills the registries.
+
+Order of work, on first registry use (never at import):
+
+1. the built-in plugin (:mod:`backbones._builtins`) is registered;
+2. unless ``BACKBONES_DISABLE_PLUGIN_AUTOLOAD`` is set, each entry point of
+   group ``backbones`` is loaded on its own, so one that fails to import or
+   to validate costs a warning and is recorded as failed, and the rest load;
+3. every plugin's hooks are called one plugin at a time (again, one that
+   raises is recorded and skipped), and their contributions are checked;
+4. a name contributed by two sources is registered as a conflict: using it
+   raises :class:`~backbones.registry.NameConflictError` naming both.
+
+This module must not build networks; it only gathers what plugins contribute.
+"""
+
+import functools
+import importlib.metadata
+import os
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pluggy
+
+from backbones import hookspecs
+from backbones.hookspecs import PROJECT
+
+__all__ = [
+    "DISABLE_AUTOLOAD_ENV",
+    "ENTRY_POINT_GROUP",
+    "PluginInfo",
+    "PluginManager",
+    "PluginWarning",
+    "get_plugin_manager",
+    "list_plugins",
+]
+
+ENTRY_POINT_GROUP = PROJECT
+DISABLE_AUTOLOAD_ENV = "BACKBONES_DISABLE_PLUGIN_AUTOLOAD"
+BUILTIN = "builtin"
+
+# hook name -> the registry kind it fills
+_HOOKS = {
+    "backbones_register_blocks": "block",
+    "backbones_register_heads": "head",
+    "backbones_register_backbones": "backbone",
+}
+
+
+class PluginWarning(UserWarning):
+    """A plugin failed to load, a hook of it raised, or it contributed something invalid."""
+
+
+@dataclass
+class PluginInfo:
+    """What the manager knows about one plugin.
+
+    Attributes:
+        name: the entry point's name ("builtin" for the built-in plugin).
+        module: what the entry point points at.
+        distribution: the installed distribution that declares it, if any.
+        version: that distribution's version.
+        registered: kind ("backbone", "block", "head") -> names it contributed.
+        errors: why it failed to load, or what of it was rejected.
+        loaded: whether the plugin itself imported and registered.
+    """
+
+    name: str
+    module: str
+    distribution: str | None = None
+    version: str | None = None
+    registered: dict[str, list[str]] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+    loaded: bool = True
+
+    @property
+    def source(self) -> str:
+        """How messages name this plugin."""
+        if self.name == BUILTIN:
+            return "backbones (built-in)"
+        dist = f" from {self.distribution} {self.version}" if self.distribution else ""
+        return f"plugin {self.name!r} ({self.module}{dist})"
+
+    @property
+    def failed(self) -> bool:
+        """Whether anything of this plugin went wrong."""
+        return bool(self.errors)
+
+
+def autoload_disabled() -> bool:
+    """Whether ``BACKBONES_DISABLE_PLUGIN_AUTOLOAD`` asks to skip entry points."""
+    return os.environ.get(DISABLE_AUTOLOAD_ENV, "").strip().lower() not in ("", "0", "false", "no")
+
+
+class PluginManager:
+    """Loads plugins and puts their contributions into the registries.
+
+    Use :func:`get_plugin_manager` for the one the registries use; build your own
+    only to inspect plugins in isolation.
+
+    Example:
+        >>> pm = get_plugin_manager()
+        >>> [p.name for p in pm.plugins()][:1]
+        ['builtin']
+    """
+
+    def __init__(self) -> None:
+        self._pm = pluggy.PluginManager(PROJECT)
+        self._pm.add_hookspecs(hookspecs)
+        self._info: dict[str, PluginInfo] = {}
+        self._loaded = False
+
+    def plugins(self) -> list[PluginInfo]:
+        """Every plugin seen, loaded or failed, built-in first."""
+        return list(self._info.values())
+
+    def load(self) -> None:
+        """Register the built-in plugin and installed entry points, then fill the registries.
+
+        Safe to call more than once; only the first call does anything.
+        """
+        if self._loaded:
+            return
+        self._loaded = True
+        from backbones import _builtins
+
+        self._register(_builtins, PluginInfo(BUILTIN, _builtins.__name__))
+        if not autoload_disabled():
+            for ep in sorted(_entry_points(), key=lambda e: e.name):
+                self._load_entry_point(ep)
+        self._fill_registries()
+
+    # -- discovery ------------------------------------------------------------------
+    def _load_entry_point(self, ep: importlib.metadata.EntryPoint) -> None:
+        dist = getattr(ep, "dist", None)
+        info = PluginInfo(
+            ep.name,
+            ep.value,
+            distribution=dist.metadata["Name"] if dist is not None else None,
+            version=dist.version if dist is not None else None,
+        )
+        if ep.name in self._info:
+            self._fail(info, f"another plugin is already called {ep.name!r}", loaded=False)
+            return
+        try:
+            plugin = ep.load()
+        except Exception as err:  # any import-time failure of third-party code
+            self._fail(info, f"failed to import: {type(err).__name__}: {err}", loaded=False)
+            return
+        self._register(plugin, info)
+
+    def _register(self, plugin: object, info: PluginInfo) -> None:
+        self._info[info.name] = info
+        try:
+            self._pm.register(plugin, name=info.name)
+            self._pm.check_pending()  # a misspelt hook name fails here, for this plugin only
+        except pluggy.PluginValidationError as err:
+            if self._pm.is_registered(plugin):
+                self._pm.unregister(plugin)
+            self._fail(info, f"is not a valid plugin: {err}", loaded=False)
+
+    def _fail(self, info: PluginInfo, message: str, *, loaded: bool = True) -> None:
+        self._info[info.name] = info
+        info.loaded = info.loaded and loaded
+        info.errors.append(message)
+        where = f" (distribution {info.distribution} {info.version})" if info.distribution else ""
+        warnings.warn(
+            f"backbones plugin {info.name!r}{where} {message}; skipped",
+            PluginWarning,
+            stacklevel=4,
+        )
+
+    # -- contributions --------------------------------------------------------------
+    def _fill_registries(self) -> None:
+        from backbones import registry
+
+        targets: dict[str, registry.Registry[Any]] = {
+            "block": registry.BLOCKS,
+            "head": registry.HEADS,
+            "backbone": registry.BACKBONES,
+        }
+        # kind -> name -> [(info, object)]; blocks first so backbone specs can name them
+        offers: dict[str, dict[str, list[tuple[PluginInfo, Any]]]] = {k: {} for k in targets}
+        for hook_name, kind in _HOOKS.items():
+            for impl in getattr(self._pm.hook, hook_name).get_hookimpls():
+                info = self._info[impl.plugin_name]
+                for name, obj in self._call(impl.function, hook_name, info).items():
+                    offers[kind].setdefault(name, []).append((info, obj))
+
+        for kind, by_name in offers.items():
+            target = targets[kind]
+            for name, claims in by_name.items():
+                if len(claims) > 1:
+                    sources = [info.source for info, _ in claims]
+                    target.add_conflict(name, sources)
+                    for info, _ in claims:
+                        info.registered.setdefault(kind, []).append(name)
+                    warnings.warn(
+                        f"{kind} {name!r} is registered by {' and '.join(sources)}; "
+                        f"neither is used until one is uninstalled",
+                        PluginWarning,
+                        stacklevel=3,
+                    )
+                    continue
+                info, obj = claims[0]
+                try:
+                    target.add(name, _as_entry(kind, name, obj), source=info.source)
+                except (TypeError, ValueError) as err:
+                    self._fail(info, f"contributed an invalid {kind} {name!r}: {err}")
+                    continue
+                info.registered.setdefault(kind, []).append(name)
+
+    def _call(
+        self, function: Callable[[], object], hook_name: str, info: PluginInfo
+    ) -> dict[str, Any]:
+        try:
+            result = function()
+        except Exception as err:  # third-party hook code
+            self._fail(info, f"hook {hook_name} raised {type(err).__name__}: {err}")
+            return {}
+        if not isinstance(result, dict) or not all(isinstance(k, str) for k in result):
+            self._fail(
+                info, f"hook {hook_name} must return a dict of names, got {type(result).__name__}"
+            )
+            return {}
+        return result
+
+
+def _as_entry(kind: str, name: str, obj: object) -> Any:
+    """Check one contribution and turn it into what its registry stores."""
+    if kind == "block":
+        from backbones.registry import _check_block
+
+        _check_block(name, obj)
+        return obj
+    if kind == "backbone":
+        from backbones.resnet import resnet_factory
+        from backbones.variants import ResNetSpec
+
+        if isinstance(obj, ResNetSpec):
+            return resnet_factory(obj)
+    if not callable(obj):
+        raise TypeError(f"expected a factory (a callable), got {type(obj).__name__}")
+    return obj
+
+
+def _entry_points() -> list[importlib.metadata.EntryPoint]:
+    return list(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP))
+
+
+@functools.cache
+def get_plugin_manager() -> PluginManager:
+    """The plugin manager behind the registries, created on first use."""
+    return PluginManager()
+
+
+def list_plugins() -> list[PluginInfo]:
+    """Every plugin, with its distribution, what it registered and what failed.
+
+    Example:
+        >>> [p.name for p in list_plugins() if not p.failed][:1]
+        ['builtin']
+    """
+    from backbones.registry import BACKBONES
+
+    BACKBONES.names()  # make sure discovery has run
+    return get_plugin_manager().plugins()
