@@ -3,16 +3,18 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# Plugin distributions in plugins/ install editable beside the library, as a user's would.
+PLUGINS := $(wildcard plugins/*/pyproject.toml)
 
 .PHONY: demo test lint bench setup
 
 setup: $(STAMP)
 
 # Re-install whenever the project's metadata changes; pip lets timm choose torch.
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(PLUGINS)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev]' $(foreach p,$(PLUGINS),-e $(dir $(p)))
 	@touch $(STAMP)
 
 demo: $(STAMP)

@@ -50,6 +50,8 @@ def backbones_register_blocks() -> dict[str, type[nn.Module]]:
     - ``block_kwargs``: whatever the user passed to ``create_backbone(block_kwargs=...)``.
 
     A block that cannot honour an argument (say ``groups != 1``) raises ValueError naming it.
+    After its generic init pass the trunk calls the block's ``init_weights()`` method, if
+    it has one, so a block's own special init (zero offsets, say) is kept.
 
     Returns:
         ``{name: block_class}``.

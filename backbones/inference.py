@@ -32,6 +32,8 @@ def optimize_for_inference(model: nn.Module, *, channels_last: bool = True) -> n
 
     Raises:
         TypeError: ``model`` has no ``feature_info`` (it is not a backbone).
+        RuntimeError: torch.fx cannot trace the backbone (a plugin block with
+            data-dependent control flow); the message says why.
 
     Example:
         >>> fast = optimize_for_inference(create_backbone("resnet50"))  # doctest: +SKIP
@@ -43,7 +45,14 @@ def optimize_for_inference(model: nn.Module, *, channels_last: bool = True) -> n
         raise TypeError(
             f"optimize_for_inference needs a backbone with feature_info, got {type(model).__name__}"
         )
-    fused = fuse(copy.deepcopy(model).eval(), inplace=True)
+    try:
+        fused = fuse(copy.deepcopy(model).eval(), inplace=True)
+    except Exception as err:  # torch.fx cannot trace some third-party modules
+        raise RuntimeError(
+            f"optimize_for_inference could not trace {type(model).__name__} with torch.fx "
+            f"({type(err).__name__}: {err}); a block with data-dependent control flow must "
+            f"wrap that part with torch.fx.wrap"
+        ) from err
     if channels_last:
         fused = fused.to(memory_format=torch.channels_last)
     fused.feature_info = feature_info

@@ -68,7 +68,7 @@ class ResNet(nn.ModuleDict):
         drop_path_rate: stochastic depth, rising linearly over all blocks.
         zero_init_last: zero each block's last norm gamma at init.
         block: ``None`` (the spec's block), a block name, or one name per stage.
-        block_kwargs: extra keyword arguments for every block.
+        block_kwargs: extra keyword arguments for every block, or four dicts, one per stage.
 
     Raises:
         ValueError, TypeError: an option is invalid; the message names it.
@@ -97,7 +97,7 @@ class ResNet(nn.ModuleDict):
         drop_path_rate: float = 0.0,
         zero_init_last: bool = False,
         block: str | Sequence[str] | None = None,
-        block_kwargs: dict[str, Any] | None = None,
+        block_kwargs: dict[str, Any] | Sequence[dict[str, Any]] | None = None,
     ) -> None:
         super().__init__()
         _check_positive_int("in_chans", in_chans)
@@ -112,8 +112,7 @@ class ResNet(nn.ModuleDict):
             raise TypeError(f"drop_path_rate must be a float in [0, 1), got {drop_path_rate!r}")
         if not 0.0 <= drop_path_rate < 1.0:
             raise ValueError(f"drop_path_rate={drop_path_rate!r} is out of range; accepted: [0, 1)")
-        if block_kwargs is not None and not isinstance(block_kwargs, dict):
-            raise TypeError(f"block_kwargs must be a dict or None, got {block_kwargs!r}")
+        stage_kwargs = _resolve_block_kwargs(block_kwargs)
         norm = resolve_norm_layer(norm_layer)
         plans = _plan_stages(spec, _resolve_blocks(spec, block), output_stride)
 
@@ -152,7 +151,7 @@ class ResNet(nn.ModuleDict):
                 for i in range(first_block, first_block + plan.num_blocks)
             ]
             self[plan.name] = _make_layer(
-                plan, inplanes, spec, norm, rates, dict(block_kwargs or {})
+                plan, inplanes, spec, norm, rates, stage_kwargs[level - 1]
             )
             inplanes = plan.out_channels
             first_block += plan.num_blocks
@@ -172,11 +171,14 @@ class ResNet(nn.ModuleDict):
             elif isinstance(m, (nn.BatchNorm2d, nn.SyncBatchNorm, nn.GroupNorm)) and m.affine:
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
-        if zero_init_last:
+        # Blocks with an init of their own (a plugin's zero-initialised offsets, say)
+        # apply it after the generic pass, so it is not overwritten.
+        hooks = ("init_weights", "zero_init_last") if zero_init_last else ("init_weights",)
+        for hook in hooks:
             for m in self.modules():
-                zero_init = getattr(m, "zero_init_last", None)
-                if m is not self and callable(zero_init):
-                    zero_init()
+                init = getattr(m, hook, None)
+                if m is not self and callable(init):
+                    init()
 
     def train(self, mode: bool = True) -> "ResNet":
         """Set the mode; frozen stages (and with ``norm_eval`` every BatchNorm) stay in eval."""
@@ -319,8 +321,8 @@ def _make_layer(
     blocks = []
     for i, rate in enumerate(drop_path_rates):
         first = i == 0
-        blocks.append(
-            plan.block(
+        try:
+            block = plan.block(
                 inplanes if first else plan.out_channels,
                 plan.planes,
                 stride=plan.stride if first else 1,
@@ -333,8 +335,36 @@ def _make_layer(
                 drop_path=rate,
                 **block_kwargs,
             )
-        )
+        except TypeError as err:
+            if block_kwargs and "unexpected keyword argument" in str(err):
+                raise TypeError(
+                    f"block {plan.block.__name__} in {plan.name} does not accept block_kwargs "
+                    f"{sorted(block_kwargs)} ({err}); give one dict per stage to pass them "
+                    f"to some stages only"
+                ) from err
+            raise
+        blocks.append(block)
     return nn.Sequential(*blocks)
+
+
+def _resolve_block_kwargs(
+    block_kwargs: dict[str, Any] | Sequence[dict[str, Any]] | None,
+) -> list[dict[str, Any]]:
+    if block_kwargs is None:
+        return [{} for _ in range(NUM_STAGES)]
+    if isinstance(block_kwargs, dict):
+        return [dict(block_kwargs) for _ in range(NUM_STAGES)]
+    if (
+        isinstance(block_kwargs, Sequence)
+        and not isinstance(block_kwargs, str)
+        and len(block_kwargs) == NUM_STAGES
+        and all(isinstance(k, dict) for k in block_kwargs)
+    ):
+        return [dict(k) for k in block_kwargs]
+    raise TypeError(
+        f"block_kwargs must be a dict, {NUM_STAGES} dicts (one per stage) or None, "
+        f"got {block_kwargs!r}"
+    )
 
 
 def _check_bool(name: str, value: object) -> None:

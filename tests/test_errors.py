@@ -289,16 +289,23 @@ def test_basic_block_refuses_wide_base_width():
         create_backbone("wide_resnet50_2", block="basic")
 
 
-@pytest.mark.parametrize("block_kwargs", [[("x", 1)], "x=1", 1])
+@pytest.mark.parametrize("block_kwargs", [[("x", 1)], "x=1", 1, [{}, {}, {}]])
 def test_block_kwargs_not_a_dict(block_kwargs):
     with pytest.raises(
-        TypeError, match=re.escape(f"block_kwargs must be a dict or None, got {block_kwargs!r}")
+        TypeError,
+        match=re.escape(
+            f"block_kwargs must be a dict, 4 dicts (one per stage) or None, got {block_kwargs!r}"
+        ),
     ):
         create_backbone("resnet18", block_kwargs=block_kwargs)
 
 
 def test_block_kwargs_unknown_to_the_block():
-    with pytest.raises(TypeError, match=r"unexpected keyword argument 'no_such_option'"):
+    with pytest.raises(
+        TypeError,
+        match=r"block BasicBlock in layer1 does not accept block_kwargs \['no_such_option'\] "
+        r"\(.*unexpected keyword argument 'no_such_option'\); give one dict per stage",
+    ):
         create_backbone("resnet18", block_kwargs={"no_such_option": 1})
 
 

@@ -606,3 +606,49 @@ def test_output_stride_dilates_instead_of_striding():
     assert model.layer4[0].conv2.dilation == (2, 2)
     assert model.layer4[1].conv2.dilation == (4, 4)
     assert model.layer4[0].downsample[0].stride == (1, 1)
+
+
+# -- block_kwargs per stage and block-owned init -------------------------------------
+
+
+class _RecordingBlock(BasicBlock):
+    """A basic block that records its extra kwarg and has an init of its own."""
+
+    def __init__(self, *args, tag: str = "none", **kwargs):
+        super().__init__(*args, **kwargs)
+        self.tag = tag
+        self.marker = nn.Conv2d(1, 1, 1)
+
+    def init_weights(self) -> None:
+        nn.init.constant_(self.marker.weight, 7.0)
+
+
+def _register_recording_block() -> str:
+    name = f"recording_{uuid.uuid4().hex[:8]}"
+    register_block(name)(_RecordingBlock)
+    return name
+
+
+def test_block_kwargs_can_be_given_per_stage():
+    name = _register_recording_block()
+    kwargs = [{"tag": "a"}, {"tag": "b"}, {}, {"tag": "d"}]
+    bb = create_backbone("resnet18", block=name, block_kwargs=kwargs)
+    assert [bb[f"layer{i}"][0].tag for i in range(1, 5)] == ["a", "b", "none", "d"]
+    assert [bb[f"layer{i}"][1].tag for i in range(1, 5)] == ["a", "b", "none", "d"]
+
+
+def test_per_stage_block_kwargs_reach_only_the_stages_that_accept_them():
+    name = _register_recording_block()
+    bb = create_backbone(
+        "resnet18", block=("basic", "basic", name, name), block_kwargs=[{}, {}, {"tag": "x"}, {}]
+    )
+    assert bb.layer3[0].tag == "x"
+    assert not hasattr(bb.layer2[0], "tag")
+
+
+def test_a_blocks_own_init_weights_runs_after_the_trunks_init():
+    name = _register_recording_block()
+    bb = create_backbone("resnet18", block=name)
+    markers = [m.marker.weight for m in bb.modules() if isinstance(m, _RecordingBlock)]
+    assert len(markers) == 8
+    assert all(torch.equal(w, torch.full_like(w, 7.0)) for w in markers)

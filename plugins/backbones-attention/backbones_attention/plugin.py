@@ -1,0 +1,53 @@
+"""The ``attention`` plugin: hook implementations, found through the ``backbones`` entry point.
+
+The hooks only describe contributions and return fresh dicts; the plugin
+manager of ``backbones`` registers them.
+"""
+
+from torch import nn
+
+from backbones import ResNetSpec, hookimpl
+from backbones_attention.blocks import (
+    CbamBasicBlock,
+    CbamBottleneck,
+    EcaBasicBlock,
+    EcaBottleneck,
+    SEBasicBlock,
+    SEBottleneck,
+)
+
+__all__ = ["backbones_register_backbones", "backbones_register_blocks"]
+
+_LAYERS_50 = (3, 4, 6, 3)
+
+
+@hookimpl
+def backbones_register_blocks() -> dict[str, type[nn.Module]]:
+    """SE, ECA and CBAM versions of the basic and bottleneck blocks."""
+    return {
+        "se_basic": SEBasicBlock,
+        "se_bottleneck": SEBottleneck,
+        "eca_basic": EcaBasicBlock,
+        "eca_bottleneck": EcaBottleneck,
+        "cbam_basic": CbamBasicBlock,
+        "cbam_bottleneck": CbamBottleneck,
+    }
+
+
+@hookimpl
+def backbones_register_backbones() -> dict[str, ResNetSpec]:
+    """timm's SE-ResNet-50, SE-ResNeXt-50 (32x4d) and ECA-ResNet-50-D, as trunk variants."""
+    return {
+        "seresnet50": ResNetSpec("se_bottleneck", _LAYERS_50, origin="timm"),
+        "seresnext50_32x4d": ResNetSpec(
+            "se_bottleneck", _LAYERS_50, groups=32, width_per_group=4, origin="timm"
+        ),
+        "ecaresnet50d": ResNetSpec(
+            "eca_bottleneck",
+            _LAYERS_50,
+            deep_stem=True,
+            stem_width=32,
+            avg_down=True,
+            origin="timm",
+        ),
+    }

@@ -1,0 +1,126 @@
+"""Discovery: the installed distribution's entry point brings the plugin in, and only it does.
+
+The checks that matter run in a fresh interpreter, where nothing has imported
+``backbones_attention`` yet: listing the registry must import it through the
+``backbones`` entry point and register its blocks and backbones.
+"""
+
+import importlib
+import importlib.metadata
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from typing import Any
+
+from backbones import ResNetSpec, list_backbones, list_blocks
+
+BLOCK_NAMES = {
+    "se_basic",
+    "se_bottleneck",
+    "eca_basic",
+    "eca_bottleneck",
+    "cbam_basic",
+    "cbam_bottleneck",
+}
+BACKBONE_NAMES = {"seresnet50", "seresnext50_32x4d", "ecaresnet50d"}
+DISABLE_AUTOLOAD_ENV = "BACKBONES_DISABLE_PLUGIN_AUTOLOAD"
+
+
+def _run_fresh(code: str) -> dict[str, Any]:
+    """Run ``code`` in a new interpreter, with plugin autoload on; return its last JSON line."""
+    env = {k: v for k, v in os.environ.items() if k != DISABLE_AUTOLOAD_ENV}
+    proc = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=180,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return result
+
+
+# Also shows that importing the plugin registers nothing by itself: a module that
+# registered on import would clash with what its hooks contribute, which the plugin
+# manager reports as a conflict (a warning naming the plugin, and get_block raising).
+DISCOVER = """
+    import json, sys, warnings
+    import backbones
+    before = sorted(m for m in sys.modules if m.startswith("backbones_attention"))
+    with warnings.catch_warnings(record=True) as caught:  # what went wrong while loading
+        warnings.simplefilter("always")
+        blocks = {p: backbones.list_blocks(p) for p in ("*se*", "*eca*", "cbam*", "*")}
+    names = backbones.list_backbones()
+    block = backbones.get_block("se_bottleneck")
+    print(json.dumps({
+        "before": before,
+        "warnings": [str(w.message) for w in caught if "attention" in str(w.message)],
+        "after": "backbones_attention.plugin" in sys.modules,
+        "blocks": blocks,
+        "backbones": names,
+        "se_bottleneck": f"{block.__module__}.{block.__qualname__}",
+        "channels": backbones.create_backbone("ecaresnet50d").feature_info.channels(),
+    }))
+"""
+
+
+def test_entry_point_is_declared_by_the_installed_distribution():
+    (ep,) = [e for e in importlib.metadata.entry_points(group="backbones") if e.name == "attention"]
+    assert ep.value == "backbones_attention.plugin"
+    assert ep.dist is not None
+    assert ep.dist.metadata["Name"] == "backbones-attention"
+    assert ep.dist.version == "0.1.0"
+
+
+def test_fresh_interpreter_discovers_the_plugin_through_its_entry_point():
+    result = _run_fresh(DISCOVER)
+    assert result["before"] == []
+    assert result["warnings"] == []  # only this plugin's: others installed beside it may warn
+    assert result["after"]
+    assert {"se_basic", "se_bottleneck"} <= set(result["blocks"]["*se*"])
+    assert {"eca_basic", "eca_bottleneck"} <= set(result["blocks"]["*eca*"])
+    assert {"cbam_basic", "cbam_bottleneck"} <= set(result["blocks"]["cbam*"])
+    assert BLOCK_NAMES | {"basic", "bottleneck"} <= set(result["blocks"]["*"])
+    assert set(result["backbones"]) >= BACKBONE_NAMES | {"resnet50"}
+    assert result["se_bottleneck"] == "backbones_attention.blocks.SEBottleneck"
+    assert result["channels"] == [256, 512, 1024, 2048]
+
+
+def test_registry_lists_the_plugin_in_process():
+    assert {"se_basic", "se_bottleneck"} <= set(list_blocks("*se*"))
+    assert {"eca_basic", "eca_bottleneck"} <= set(list_blocks("*eca*"))
+    assert {"cbam_basic", "cbam_bottleneck"} <= set(list_blocks("cbam*"))
+    assert set(list_backbones()) >= BACKBONE_NAMES
+
+
+def test_hooks_return_fresh_dicts_and_leave_the_registries_alone():
+    plugin = importlib.import_module("backbones_attention.plugin")
+    before = (list_blocks(), list_backbones())
+
+    blocks = plugin.backbones_register_blocks()
+    specs = plugin.backbones_register_backbones()
+
+    assert set(blocks) == BLOCK_NAMES
+    assert all(isinstance(getattr(cls, "expansion", None), int) for cls in blocks.values())
+    assert set(specs) == BACKBONE_NAMES
+    assert all(isinstance(s, ResNetSpec) and s.origin == "timm" for s in specs.values())
+    assert all(s.block in BLOCK_NAMES for s in specs.values())
+    assert specs["seresnet50"] == ResNetSpec("se_bottleneck", (3, 4, 6, 3), origin="timm")
+    assert specs["seresnext50_32x4d"] == ResNetSpec(
+        "se_bottleneck", (3, 4, 6, 3), groups=32, width_per_group=4, origin="timm"
+    )
+    assert specs["ecaresnet50d"] == ResNetSpec(
+        "eca_bottleneck",
+        (3, 4, 6, 3),
+        deep_stem=True,
+        stem_width=32,
+        avg_down=True,
+        origin="timm",
+    )
+    blocks.clear()  # a caller mutating one answer does not change the next
+    assert set(plugin.backbones_register_blocks()) == BLOCK_NAMES
+    assert (list_blocks(), list_backbones()) == before
