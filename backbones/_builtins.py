@@ -8,7 +8,7 @@ from collections.abc import Callable
 from torch import nn
 
 from backbones.blocks import BasicBlock, Bottleneck
-from backbones.heads import classification_head
+from backbones.heads import classification_head, fpn_head
 from backbones.hookspecs import hookimpl
 from backbones.variants import RESNET_VARIANTS, ResNetSpec
 
@@ -20,7 +20,7 @@ def backbones_register_blocks() -> dict[str, type[nn.Module]]:
 
 @hookimpl
 def backbones_register_heads() -> dict[str, Callable[..., nn.Module]]:
-    return {"classification": classification_head}
+    return {"classification": classification_head, "fpn": fpn_head}
 
 
 @hookimpl

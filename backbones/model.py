@@ -30,6 +30,14 @@ class BackboneWithHead(nn.Module):
         """The backbone's feature description."""
         return self.backbone.feature_info
 
+    @property
+    def out_channels(self) -> int:
+        """The head's ``out_channels`` (the FPN's), which torchvision's detectors read."""
+        channels = getattr(self.head, "out_channels", None)
+        if not isinstance(channels, int):
+            raise AttributeError(f"head {type(self.head).__name__} has no int out_channels")
+        return channels
+
     def forward(self, x: Tensor) -> Any:
         features = self.backbone(x)
         if isinstance(features, dict):  # a backbone built with return_dict=True

@@ -6,5 +6,6 @@ of feature maps.
 """
 
 from backbones.heads.classification import ClassificationHead, classification_head
+from backbones.heads.fpn import FPNHead, fpn_head
 
-__all__ = ["ClassificationHead", "classification_head"]
+__all__ = ["ClassificationHead", "FPNHead", "classification_head", "fpn_head"]
