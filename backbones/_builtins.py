@@ -8,7 +8,13 @@ from collections.abc import Callable
 from torch import nn
 
 from backbones.blocks import BasicBlock, Bottleneck
-from backbones.heads import classification_head, fpn_head
+from backbones.heads import (
+    classification_head,
+    deeplabv3_head,
+    fcn_head,
+    fpn_head,
+    semantic_fpn_head,
+)
 from backbones.hookspecs import hookimpl
 from backbones.variants import RESNET_VARIANTS, ResNetSpec
 
@@ -20,7 +26,13 @@ def backbones_register_blocks() -> dict[str, type[nn.Module]]:
 
 @hookimpl
 def backbones_register_heads() -> dict[str, Callable[..., nn.Module]]:
-    return {"classification": classification_head, "fpn": fpn_head}
+    return {
+        "classification": classification_head,
+        "fpn": fpn_head,
+        "fcn": fcn_head,
+        "deeplabv3": deeplabv3_head,
+        "semantic_fpn": semantic_fpn_head,
+    }
 
 
 @hookimpl

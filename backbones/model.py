@@ -1,8 +1,11 @@
 """A backbone and a head composed into one model."""
 
+from collections import OrderedDict
+from collections.abc import Sequence
 from typing import Any
 
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from backbones.registry import create_backbone, create_head
 
@@ -24,6 +27,37 @@ class BackboneWithHead(nn.Module):
         super().__init__()
         self.backbone = backbone
         self.head = head
+        self._frozen_backbone: dict[str, bool] | None = None
+
+    def freeze_backbone(self) -> "BackboneWithHead":
+        """Train only the head: the backbone gets no gradients and stays in eval mode.
+
+        Returns:
+            ``self``; give ``model.head.parameters()`` to the optimizer.
+        """
+        if self._frozen_backbone is None:
+            self._frozen_backbone = {
+                n: p.requires_grad for n, p in self.backbone.named_parameters()
+            }
+        self.backbone.requires_grad_(False)
+        self.backbone.eval()
+        return self
+
+    def unfreeze_backbone(self) -> "BackboneWithHead":
+        """Undo :meth:`freeze_backbone`; stages the backbone froze itself stay frozen."""
+        if self._frozen_backbone is not None:
+            for name, param in self.backbone.named_parameters():
+                param.requires_grad_(self._frozen_backbone[name])
+            self._frozen_backbone = None
+            self.backbone.train(self.training)
+        return self
+
+    def train(self, mode: bool = True) -> "BackboneWithHead":
+        """Set the mode; a frozen backbone stays in eval mode."""
+        super().train(mode)
+        if self._frozen_backbone is not None:
+            self.backbone.eval()
+        return self
 
     @property
     def feature_info(self) -> Any:
@@ -42,7 +76,17 @@ class BackboneWithHead(nn.Module):
         features = self.backbone(x)
         if isinstance(features, dict):  # a backbone built with return_dict=True
             features = list(features.values())
-        return self.head(features)
+        out = self.head(features)
+        if getattr(self.head, "resize_to_input", False):  # dense heads: logits at image size
+            out = resize_logits(out, x.shape[-2:])
+        return out
+
+
+def resize_logits(logits: Any, size: Sequence[int]) -> Any:
+    """Bilinearly resize logits, or each value of a dict of logits, to ``size``."""
+    if isinstance(logits, dict):
+        return OrderedDict((k, resize_logits(v, size)) for k, v in logits.items())
+    return F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False)
 
 
 def create_model(

@@ -7,5 +7,22 @@ of feature maps.
 
 from backbones.heads.classification import ClassificationHead, classification_head
 from backbones.heads.fpn import FPNHead, fpn_head
+from backbones.heads.segmentation import (
+    SegmentationHead,
+    SemanticFPNHead,
+    deeplabv3_head,
+    fcn_head,
+    semantic_fpn_head,
+)
 
-__all__ = ["ClassificationHead", "FPNHead", "classification_head", "fpn_head"]
+__all__ = [
+    "ClassificationHead",
+    "FPNHead",
+    "SegmentationHead",
+    "SemanticFPNHead",
+    "classification_head",
+    "deeplabv3_head",
+    "fcn_head",
+    "fpn_head",
+    "semantic_fpn_head",
+]

@@ -1,0 +1,212 @@
+"""Segmentation heads: ``fcn``, ``deeplabv3`` and ``semantic_fpn``.
+
+Each returns logits at its input feature's resolution and sets ``resize_to_input``;
+the composed model (:class:`backbones.BackboneWithHead`) resizes them bilinearly to
+the image size, as torchvision's segmentation models do, so a model gives
+``(N, num_classes, H, W)`` for any ``H x W``. With ``aux=True`` (fcn, deeplabv3) the
+head also classifies the second-deepest map, and returns ``{"out": ..., "aux": ...}``
+like torchvision's models with ``aux_loss=True``.
+
+The blocks are torchvision's (``FCNHead``, ``DeepLabHead`` with its ASPP,
+``FeaturePyramidNetwork``, ``Conv2dNormActivation``); module names follow
+torchvision's segmentation models (``classifier``, ``aux_classifier``).
+"""
+
+from collections import OrderedDict
+from collections.abc import Sequence
+from functools import partial
+
+from torch import Tensor, nn
+from torch.nn import functional as F
+from torchvision.models.segmentation.deeplabv3 import DeepLabHead
+from torchvision.models.segmentation.fcn import FCNHead
+from torchvision.ops import Conv2dNormActivation, FeaturePyramidNetwork
+
+from backbones.features import FeatureInfo
+
+__all__ = [
+    "SegmentationHead",
+    "SemanticFPNHead",
+    "deeplabv3_head",
+    "fcn_head",
+    "semantic_fpn_head",
+]
+
+
+class SegmentationHead(nn.Module):
+    """A classifier on the deepest feature map, and optionally one on the second deepest.
+
+    Args:
+        classifier: maps the deepest feature to logits.
+        aux_classifier: maps the second-deepest feature to logits, or ``None``.
+    """
+
+    resize_to_input = True
+
+    def __init__(self, classifier: nn.Module, aux_classifier: nn.Module | None = None) -> None:
+        super().__init__()
+        self.classifier = classifier
+        self.aux_classifier = aux_classifier
+
+    def forward(self, features: list[Tensor]) -> Tensor | dict[str, Tensor]:
+        out = self.classifier(features[-1])
+        if self.aux_classifier is None:
+            return out
+        return OrderedDict(out=out, aux=self.aux_classifier(features[-2]))
+
+
+class SemanticFPNHead(nn.Module):
+    """The semantic branch of Panoptic FPN: an FPN, per-level upsampling, a sum, a classifier.
+
+    Each pyramid level goes through 3x3 conv + GroupNorm + ReLU stages, with a 2x
+    bilinear upsampling between stages, until it reaches the finest level's stride;
+    the levels are summed and a 1x1 conv gives the logits (at the finest stride).
+
+    Args:
+        in_channels: channels of each backbone feature, shallow to deep.
+        strides: stride of each backbone feature.
+        num_classes: output classes.
+        fpn_channels: channels of the FPN levels.
+        channels: channels of the upsampling branches.
+    """
+
+    resize_to_input = True
+
+    def __init__(
+        self,
+        in_channels: Sequence[int],
+        strides: Sequence[int],
+        num_classes: int,
+        fpn_channels: int = 256,
+        channels: int = 128,
+    ) -> None:
+        super().__init__()
+        self.fpn = FeaturePyramidNetwork(list(in_channels), fpn_channels)
+        norm = partial(nn.GroupNorm, 32)
+        finest = min(strides)
+        self.branches = nn.ModuleList()
+        for stride in strides:
+            steps = max(int(stride // finest).bit_length() - 1, 0)  # log2(stride / finest)
+            layers: list[nn.Module] = []
+            for i in range(max(steps, 1)):
+                width = fpn_channels if i == 0 else channels
+                layers.append(Conv2dNormActivation(width, channels, 3, norm_layer=norm))
+                if i < steps - 1:  # the last upsampling goes to the exact finest size
+                    layers.append(nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False))
+            self.branches.append(nn.Sequential(*layers))
+        self.classifier = nn.Conv2d(channels, num_classes, 1)
+
+    def forward(self, features: list[Tensor]) -> Tensor:
+        pyramid = list(self.fpn(OrderedDict((str(i), f) for i, f in enumerate(features))).values())
+        size = pyramid[0].shape[-2:]
+        fused = pyramid[0].new_zeros(())
+        for branch, level in zip(self.branches, pyramid, strict=True):
+            x = branch(level)
+            if x.shape[-2:] != size:
+                x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+            fused = fused + x
+        return self.classifier(fused)
+
+
+def _is_positive_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _check_num_classes(num_classes: object) -> None:
+    if not _is_positive_int(num_classes):
+        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+
+
+def _aux(feature_info: FeatureInfo, aux: bool, num_classes: int) -> nn.Module | None:
+    if not aux:
+        return None
+    if len(feature_info) < 2:
+        raise ValueError(
+            f"aux=True classifies the second-deepest feature, but the backbone returns only "
+            f"{feature_info.module_name()}; ask for two levels, e.g. out_indices=(3, 4)"
+        )
+    return FCNHead(feature_info.channels()[-2], num_classes)
+
+
+def fcn_head(
+    *, feature_info: FeatureInfo, num_classes: int = 21, aux: bool = False
+) -> SegmentationHead:
+    """Build the ``fcn`` head (torchvision's FCNHead on the deepest map).
+
+    Args:
+        feature_info: the backbone's feature description.
+        num_classes: output classes.
+        aux: add an auxiliary FCN head on the second-deepest map.
+
+    Raises:
+        ValueError: ``num_classes`` is not positive, or ``aux`` without two maps.
+
+    Example:
+        >>> model = create_model(create_backbone("resnet50", output_stride=8), "fcn",
+        ...                      num_classes=5)  # doctest: +SKIP
+    """
+    _check_num_classes(num_classes)
+    return SegmentationHead(
+        FCNHead(feature_info.channels()[-1], num_classes), _aux(feature_info, aux, num_classes)
+    )
+
+
+def deeplabv3_head(
+    *,
+    feature_info: FeatureInfo,
+    num_classes: int = 21,
+    atrous_rates: Sequence[int] = (12, 24, 36),
+    aux: bool = False,
+) -> SegmentationHead:
+    """Build the ``deeplabv3`` head (torchvision's DeepLabHead: ASPP, 3x3 conv, classifier).
+
+    Args:
+        feature_info: the backbone's feature description (use ``output_stride=8`` or 16).
+        num_classes: output classes.
+        atrous_rates: dilation rates of the ASPP branches.
+        aux: add an auxiliary FCN head on the second-deepest map.
+
+    Raises:
+        ValueError: a bad option; the message names it.
+
+    Example:
+        >>> seg = create_model(create_backbone("resnet50", output_stride=8), "deeplabv3",
+        ...                    num_classes=21)  # doctest: +SKIP
+    """
+    _check_num_classes(num_classes)
+    rates = tuple(atrous_rates)
+    if not rates or not all(
+        isinstance(r, int) and not isinstance(r, bool) and r > 0 for r in rates
+    ):
+        raise ValueError(f"atrous_rates must be positive ints, got {atrous_rates!r}")
+    return SegmentationHead(
+        DeepLabHead(feature_info.channels()[-1], num_classes, rates),
+        _aux(feature_info, aux, num_classes),
+    )
+
+
+def semantic_fpn_head(
+    *,
+    feature_info: FeatureInfo,
+    num_classes: int = 21,
+    fpn_channels: int = 256,
+    channels: int = 128,
+) -> SemanticFPNHead:
+    """Build the ``semantic_fpn`` head (Panoptic FPN's semantic branch) over every returned map.
+
+    Args:
+        feature_info: the backbone's feature description (typically levels 1..4).
+        num_classes: output classes.
+        fpn_channels: FPN channels.
+        channels: channels of the upsampling branches (a multiple of 32, for GroupNorm).
+
+    Raises:
+        ValueError: a bad option; the message names it.
+    """
+    _check_num_classes(num_classes)
+    for name, value in (("fpn_channels", fpn_channels), ("channels", channels)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 32 or value % 32:
+            raise ValueError(f"{name} must be a positive multiple of 32, got {value!r}")
+    return SemanticFPNHead(
+        feature_info.channels(), feature_info.reduction(), num_classes, fpn_channels, channels
+    )
