@@ -1,0 +1,251 @@
+"""Train torchvision's Faster R-CNN on a `backbones` FPN model with synthetic shapes.
+
+The detector's backbone is ``create_model(<backbone>, "fpn", backbone_kwargs=...)``,
+trained from scratch on the synthetic rectangles / ellipses / triangles of
+``examples/shapes.py``. The script reports mAP@0.5 on held-out images before and after
+training (``torchmetrics.detection.MeanAveragePrecision``, which needs ``pycocotools``)
+and saves a PNG of predicted boxes on a few validation images.
+
+Run (about 5 minutes on 2 CPU cores with the defaults)::
+
+    python examples/detection.py
+    python examples/detection.py --backbone resnet18 --block se_basic --steps 300
+
+``--block`` replaces the backbone's block in every stage; it must match the backbone's
+kind: a ``*_basic`` block for resnet18/34, a ``*_bottleneck`` block for resnet50 and up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+from torch import nn
+from torch.utils.data import DataLoader
+from torchmetrics.detection import MeanAveragePrecision
+from torchvision.models.detection import FasterRCNN
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.utils import draw_bounding_boxes, make_grid
+from tqdm import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from shapes import CLASSES, ShapesDataset, Target, collate
+
+from backbones import create_model, list_backbones, list_blocks
+
+DEFAULT_OUT = Path(__file__).resolve().parent / "output" / "detection.png"
+COLOURS = {1: "red", 2: "lime", 3: "cyan"}
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    parser.add_argument("--backbone", default="resnet18", help="a registered backbone name")
+    parser.add_argument(
+        "--block", default=None, help="a registered block for every stage (default: the backbone's)"
+    )
+    parser.add_argument("--steps", type=int, default=300, help="training steps")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--image-size", type=int, default=128, help="square image side in pixels")
+    parser.add_argument("--lr", type=float, default=0.02, help="peak SGD learning rate")
+    parser.add_argument("--fpn-channels", type=int, default=64, help="FPN width")
+    parser.add_argument("--val-images", type=int, default=64, help="held-out images for mAP")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="PNG of predictions")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+    if args.backbone not in list_backbones():
+        parser.error(f"unknown backbone {args.backbone!r}; choose from {list_backbones()}")
+    if args.block is not None and args.block not in list_blocks():
+        parser.error(f"unknown block {args.block!r}; choose from {list_blocks()}")
+    for name in ("steps", "batch_size", "val_images", "fpn_channels"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1")
+    return args
+
+
+def build_detector(
+    backbone: str, block: str | None, image_size: int, fpn_channels: int = 64
+) -> FasterRCNN:
+    """Faster R-CNN on ``create_model(backbone, "fpn")``, sized for small images on a CPU.
+
+    Changes from torchvision's defaults, all for speed on a CPU or for the small images:
+    the FPN has ``fpn_channels`` channels (torchvision: 256) and the box head a 256-wide
+    representation (torchvision: 1024); the anchors are halved (16..256 px instead of
+    32..512, one size per FPN level) to fit shapes of 20 to 60 px; the RPN and box-head
+    sampling and the number of proposals are cut down.
+    """
+    backbone_kwargs: dict[str, Any] = {} if block is None else {"block": block}
+    body = create_model(backbone, "fpn", backbone_kwargs=backbone_kwargs, out_channels=fpn_channels)
+    resolution = 7  # torchvision's default MultiScaleRoIAlign output size
+    representation = 256
+    anchors = AnchorGenerator(
+        sizes=((16,), (32,), (64,), (128,), (256,)), aspect_ratios=((0.5, 1.0, 2.0),) * 5
+    )
+    return FasterRCNN(
+        body,
+        min_size=image_size,
+        max_size=image_size,
+        rpn_anchor_generator=anchors,
+        box_head=TwoMLPHead(fpn_channels * resolution**2, representation),
+        box_predictor=FastRCNNPredictor(representation, len(CLASSES)),
+        rpn_pre_nms_top_n_train=600,
+        rpn_post_nms_top_n_train=300,
+        rpn_pre_nms_top_n_test=300,
+        rpn_post_nms_top_n_test=100,
+        rpn_batch_size_per_image=128,
+        box_batch_size_per_image=64,
+        box_detections_per_img=20,
+    )
+
+
+def batches(loader: DataLoader) -> Iterator[tuple[list[torch.Tensor], list[Target]]]:
+    """Cycle through a loader forever."""
+    while True:
+        yield from loader
+
+
+def lr_at(step: int, steps: int, peak: float, warmup: int) -> float:
+    """Linear warm-up over ``warmup`` steps, then cosine decay to 5% of ``peak``."""
+    if step < warmup:
+        return peak * (0.05 + 0.95 * step / warmup)
+    progress = (step - warmup) / max(1, steps - warmup)
+    return peak * (0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+
+@torch.inference_mode()
+def predict(
+    model: nn.Module, dataset: ShapesDataset, batch_size: int
+) -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]], list[Target]]:
+    """Images, predictions and targets for every image of ``dataset`` (eval mode)."""
+    model.eval()
+    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate)
+    images: list[torch.Tensor] = []
+    predictions: list[dict[str, torch.Tensor]] = []
+    targets: list[Target] = []
+    for batch_images, batch_targets in loader:
+        predictions.extend(model(batch_images))
+        images.extend(batch_images)
+        targets.extend(batch_targets)
+    return images, predictions, targets
+
+
+def map50(predictions: list[dict[str, torch.Tensor]], targets: list[Target]) -> float:
+    """COCO-style mean average precision at IoU 0.5 over the three classes."""
+    metric = MeanAveragePrecision(iou_type="bbox", iou_thresholds=[0.5])
+    metric.update(
+        [{k: p[k] for k in ("boxes", "scores", "labels")} for p in predictions],
+        [{k: t[k] for k in ("boxes", "labels")} for t in targets],
+    )
+    return float(metric.compute()["map"])
+
+
+def save_predictions(
+    path: Path,
+    images: list[torch.Tensor],
+    predictions: list[dict[str, torch.Tensor]],
+    score_threshold: float = 0.5,
+    columns: int = 4,
+) -> Path:
+    """Draw predicted boxes above ``score_threshold``, labelled, on a grid of images."""
+    drawn = []
+    for image, prediction in zip(images, predictions, strict=True):
+        keep = prediction["scores"] > score_threshold
+        labels = prediction["labels"][keep].tolist()
+        scores = prediction["scores"][keep].tolist()
+        picture = (image * 255).to(torch.uint8)
+        if labels:  # draw_bounding_boxes warns on an empty set of boxes
+            picture = draw_bounding_boxes(
+                picture,
+                prediction["boxes"][keep],
+                labels=[f"{CLASSES[c]} {s:.2f}" for c, s in zip(labels, scores, strict=True)],
+                colors=[COLOURS[c] for c in labels],
+                width=2,
+            )
+        drawn.append(picture)
+    grid = make_grid(drawn, nrow=columns, padding=4, pad_value=255)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(grid.permute(1, 2, 0).numpy()).save(path)
+    return path
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Train, evaluate and draw; returns the metrics, the per-step losses and the PNG path."""
+    args = parse_args(argv)
+    torch.manual_seed(args.seed)
+    started = time.perf_counter()
+
+    train_set = ShapesDataset(
+        length=args.steps * args.batch_size, image_size=args.image_size, seed=args.seed
+    )
+    # A different seed makes the validation images held out from training.
+    val_set = ShapesDataset(
+        length=args.val_images, image_size=args.image_size, seed=args.seed + 10_000
+    )
+    generator = torch.Generator().manual_seed(args.seed)
+    loader = DataLoader(
+        train_set, batch_size=args.batch_size, shuffle=True, collate_fn=collate, generator=generator
+    )
+
+    model = build_detector(args.backbone, args.block, args.image_size, args.fpn_channels)
+    _, predictions, targets = predict(model, val_set, args.batch_size)
+    map50_before = map50(predictions, targets)
+    print(f"mAP@0.5 before training: {map50_before:.3f}")
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=args.lr, momentum=0.9, weight_decay=1e-4)
+    warmup = min(50, args.steps // 5)
+    losses: list[float] = []
+    model.train()
+    progress = tqdm(range(args.steps), desc="training", disable=args.quiet)
+    data = batches(loader)
+    for step in progress:
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, args.steps, args.lr, warmup)
+        images, batch_targets = next(data)
+        loss_dict = model(images, batch_targets)
+        loss = sum(loss_dict.values())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(params, max_norm=10.0)
+        optimizer.step()
+        losses.append(float(loss.detach()))
+        progress.set_postfix(loss=f"{losses[-1]:.3f}", lr=f"{optimizer.param_groups[0]['lr']:.4f}")
+
+    images, predictions, targets = predict(model, val_set, args.batch_size)
+    map50_after = map50(predictions, targets)
+    png = save_predictions(args.out, images[:8], predictions[:8])
+    window = min(10, len(losses))
+    result = {
+        "map50_before": map50_before,
+        "map50_after": map50_after,
+        "loss_first": sum(losses[:window]) / window,
+        "loss_last": sum(losses[-window:]) / window,
+        "losses": losses,
+        "png": png,
+        "seconds": time.perf_counter() - started,
+    }
+    print(
+        f"mAP@0.5 before training: {map50_before:.3f}, after {args.steps} steps: {map50_after:.3f}"
+    )
+    print(
+        f"mean loss of the first {window} steps {result['loss_first']:.3f}, "
+        f"of the last {window} {result['loss_last']:.3f}"
+    )
+    print(f"predictions (score > 0.5) drawn on 8 validation images: {png}")
+    print(f"took {result['seconds']:.0f} s on {torch.get_num_threads()} CPU threads")
+    return result
+
+
+if __name__ == "__main__":
+    main()
