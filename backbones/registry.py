@@ -194,31 +194,17 @@ class Registry(Generic[T]):
         return len(self._entries)
 
 
-class _Once:
-    """Runs a loader the first time it is called; later and re-entrant calls do nothing."""
-
-    def __init__(self, load: Callable[[], None]) -> None:
-        self._load: Callable[[], None] | None = load
-
-    def __call__(self) -> None:
-        load, self._load = self._load, None  # cleared first: the loader re-enters via add()
-        if load is not None:
-            load()
-
-
 def _load_plugins() -> None:
     # Imported here, not at module level: discovery imports plugins and the trunk,
     # and `import backbones` should stay cheap.
     from backbones.plugin_manager import get_plugin_manager
 
-    get_plugin_manager().load()
+    get_plugin_manager().load()  # idempotent, and a no-op when re-entered while loading
 
 
-_load_plugins_once = _Once(_load_plugins)
-
-BACKBONES: Registry[BackboneFactory] = Registry("backbone", _load_plugins_once)
-BLOCKS: Registry[type[nn.Module]] = Registry("block", _load_plugins_once)
-HEADS: Registry[HeadFactory] = Registry("head", _load_plugins_once)
+BACKBONES: Registry[BackboneFactory] = Registry("backbone", _load_plugins)
+BLOCKS: Registry[type[nn.Module]] = Registry("block", _load_plugins)
+HEADS: Registry[HeadFactory] = Registry("head", _load_plugins)
 
 
 def _source_of(obj: object) -> str:
