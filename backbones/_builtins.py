@@ -14,6 +14,7 @@ from backbones.heads import (
     fcn_head,
     fpn_head,
     semantic_fpn_head,
+    upernet_head,
 )
 from backbones.hookspecs import hookimpl
 from backbones.variants import RESNET_VARIANTS, ResNetSpec
@@ -32,6 +33,7 @@ def backbones_register_heads() -> dict[str, Callable[..., nn.Module]]:
         "fcn": fcn_head,
         "deeplabv3": deeplabv3_head,
         "semantic_fpn": semantic_fpn_head,
+        "upernet": upernet_head,
     }
 
 

@@ -1,6 +1,6 @@
 """Semantic segmentation of synthetic shapes with a swappable head.
 
-Trains ``create_model(<backbone>, "semantic_fpn" | "deeplabv3")`` to label every pixel
+Trains ``create_model(<backbone>, "semantic_fpn" | "deeplabv3" | "upernet")`` to label every pixel
 as background, rectangle, ellipse or triangle, reports mIoU (torchmetrics'
 MulticlassJaccardIndex) on held-out images before and after training, and saves a PNG
 of images, true masks and predicted masks.
@@ -70,7 +70,8 @@ def save_predictions(model: nn.Module, images: Tensor, labels: Tensor, path: Pat
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backbone", default="resnet18")
-    parser.add_argument("--head", default="semantic_fpn", choices=["semantic_fpn", "deeplabv3"])
+    heads = ["semantic_fpn", "deeplabv3", "upernet"]
+    parser.add_argument("--head", default="semantic_fpn", choices=heads)
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--image-size", type=int, default=96)

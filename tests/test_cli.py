@@ -34,9 +34,8 @@ def test_list_without_pattern_shows_every_builtin():
     assert "backbones (12):" in result.stdout
     assert "  wide_resnet101_2\n" in result.stdout
     assert "blocks (2):\n  basic\n  bottleneck\n" in result.stdout
-    assert "heads (5):\n  classification\n  deeplabv3\n  fcn\n  fpn\n  semantic_fpn\n" in (
-        result.stdout
-    )
+    heads = "heads (6):\n  classification\n  deeplabv3\n  fcn\n  fpn\n  semantic_fpn\n  upernet\n"
+    assert heads in result.stdout
 
 
 def test_list_in_process_includes_the_builtins(capsys: pytest.CaptureFixture[str]):
@@ -103,5 +102,5 @@ def test_plugins_lists_the_builtin_plugin_and_what_it_registered():
     assert lines[1] == "builtin [loaded] backbones: backbones._builtins"
     assert lines[2].startswith("  backbones: resnet18, resnet34, resnet50,")
     assert lines[3] == "  blocks: basic, bottleneck"
-    assert lines[4] == "  heads: classification, fpn, fcn, deeplabv3, semantic_fpn"
+    assert lines[4] == "  heads: classification, fpn, fcn, deeplabv3, semantic_fpn, upernet"
     assert len(lines) == 5

@@ -1,5 +1,7 @@
 """Segmentation heads: torchvision parity, logits at input resolution, aux head, learning."""
 
+import re
+
 import pytest
 import torch
 import torchvision
@@ -36,10 +38,10 @@ def test_segmentation_model_equals_torchvision_with_its_weights(head: str, build
         torch.testing.assert_close(ours[key], theirs[key], rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("head", ["fcn", "deeplabv3", "semantic_fpn"])
+@pytest.mark.parametrize("head", ["fcn", "deeplabv3", "semantic_fpn", "upernet"])
 @pytest.mark.parametrize("size", [(64, 64), (97, 65), (33, 130)])
 def test_logits_come_back_at_the_input_resolution(head: str, size: tuple[int, int]):
-    out_indices = (1, 2, 3, 4) if head == "semantic_fpn" else (4,)
+    out_indices = (1, 2, 3, 4) if head in ("semantic_fpn", "upernet") else (4,)
     backbone = create_backbone("resnet18", out_indices=out_indices, output_stride=16)
     model = create_model(backbone, head, num_classes=3).eval()
     with torch.no_grad():
@@ -73,19 +75,49 @@ def test_semantic_fpn_has_one_branch_per_level_upsampling_to_the_finest_stride()
         ("deeplabv3", {"atrous_rates": (6, -1)}, "atrous_rates must be positive ints"),
         ("semantic_fpn", {"channels": 100}, "channels must be a positive multiple of 32"),
         ("fcn", {"aux": True}, "aux=True classifies the second-deepest feature"),
+        ("upernet", {"pool_scales": (1, 0)}, "pool_scales must be positive ints, got (1, 0)"),
+        ("upernet", {"channels": -8}, "channels must be a positive int, got -8"),
+        ("upernet", {"dropout": 1.5}, "dropout must be a probability in [0, 1), got 1.5"),
     ],
 )
 def test_segmentation_heads_reject_bad_options(head: str, options: dict, message: str):
     bb = create_backbone("resnet18", out_indices=(4,))
-    with pytest.raises(ValueError, match=message.replace("(", r"\(")):
+    with pytest.raises(ValueError, match=re.escape(message)):
         create_head(head, feature_info=bb.feature_info, **options)
 
 
-def test_semantic_fpn_learns_a_fixed_batch():
+def test_upernet_fuses_every_level_at_the_finest_stride_and_has_an_aux_head():
+    bb = create_backbone("resnet18")
+    head = create_head(
+        "upernet", feature_info=bb.feature_info, num_classes=3, channels=64, aux=True
+    )
+    assert [b[0].output_size for b in head.ppm] == [1, 2, 3, 6]
+    assert [c[0].in_channels for c in head.lateral_convs] == [64, 128, 256]  # levels 1..3
+    assert head.ppm_bottleneck[0].in_channels == 512 + 4 * 64
+    assert head.fuse[0].in_channels == 4 * 64
+    out = head.eval()(bb(torch.randn(2, 3, 64, 64)))
+    assert out["out"].shape == (2, 3, 16, 16)  # stride 4, before the model resizes
+    assert out["aux"].shape == (2, 3, 4, 4)  # the second-deepest map, stride 16
+
+
+def _boxes_batch() -> tuple[torch.Tensor, torch.Tensor]:
+    """Four dim noise images, each with one bright red box; the target is the box's mask."""
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(4, 3, 64, 64, generator=g) * 0.3
+    target = torch.zeros(4, 64, 64, dtype=torch.long)
+    for i in range(4):
+        y, x = torch.randint(0, 32, (2,), generator=g).tolist()
+        h, w = torch.randint(16, 32, (2,), generator=g).tolist()
+        images[i, 0, y : y + h, x : x + w] += 0.7
+        target[i, y : y + h, x : x + w] = 1
+    return images, target
+
+
+@pytest.mark.parametrize("head", ["semantic_fpn", "upernet"])
+def test_fpn_style_heads_learn_a_fixed_batch(head: str):
     torch.manual_seed(0)
-    model = create_model("resnet18", "semantic_fpn", num_classes=2).train()
-    images = torch.rand(4, 3, 64, 64)
-    target = (images[:, 0] > 0.5).long()  # class = whether the red channel is bright
+    model = create_model("resnet18", head, num_classes=2).train()
+    images, target = _boxes_batch()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     losses = []
     for _ in range(15):
@@ -94,4 +126,4 @@ def test_semantic_fpn_learns_a_fixed_batch():
         loss.backward()
         optimizer.step()
         losses.append(loss.item())
-    assert losses[-1] < 0.7 * losses[0]
+    assert losses[-1] < 0.3 * losses[0]

@@ -10,9 +10,11 @@ from backbones.heads.fpn import FPNHead, fpn_head
 from backbones.heads.segmentation import (
     SegmentationHead,
     SemanticFPNHead,
+    UperNetHead,
     deeplabv3_head,
     fcn_head,
     semantic_fpn_head,
+    upernet_head,
 )
 
 __all__ = [
@@ -20,9 +22,11 @@ __all__ = [
     "FPNHead",
     "SegmentationHead",
     "SemanticFPNHead",
+    "UperNetHead",
     "classification_head",
     "deeplabv3_head",
     "fcn_head",
     "fpn_head",
     "semantic_fpn_head",
+    "upernet_head",
 ]

@@ -1,4 +1,4 @@
-"""Segmentation heads: ``fcn``, ``deeplabv3`` and ``semantic_fpn``.
+"""Segmentation heads: ``fcn``, ``deeplabv3``, ``semantic_fpn`` and ``upernet``.
 
 Each returns logits at its input feature's resolution and sets ``resize_to_input``;
 the composed model (:class:`backbones.BackboneWithHead`) resizes them bilinearly to
@@ -16,6 +16,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from functools import partial
 
+import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 from torchvision.models.segmentation.deeplabv3 import DeepLabHead
@@ -27,9 +28,11 @@ from backbones.features import FeatureInfo
 __all__ = [
     "SegmentationHead",
     "SemanticFPNHead",
+    "UperNetHead",
     "deeplabv3_head",
     "fcn_head",
     "semantic_fpn_head",
+    "upernet_head",
 ]
 
 
@@ -106,6 +109,78 @@ class SemanticFPNHead(nn.Module):
                 x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
             fused = fused + x
         return self.classifier(fused)
+
+
+class UperNetHead(nn.Module):
+    """UperNet's decoder: a pyramid pooling module on the deepest map, a top-down FPN, fusion.
+
+    The deepest map goes through the pyramid pooling module (PPM: average pooling to each
+    of ``pool_scales``, 1x1 conv, upsampling, concatenation, 3x3 conv). The other maps get
+    1x1 lateral convs and are merged top-down, then 3x3 convs. All levels are upsampled to
+    the finest one, concatenated, fused by a 3x3 conv and classified by a 1x1 conv. Every
+    conv is conv + BatchNorm + ReLU, as in UperNet.
+
+    Args:
+        in_channels: channels of each backbone feature, shallow to deep.
+        num_classes: output classes.
+        channels: width of the decoder.
+        pool_scales: output sizes of the PPM's pooling branches.
+        dropout: dropout before the classifier.
+        aux_classifier: a classifier of the second-deepest map, or ``None``; with one the
+            head returns ``{"out": ..., "aux": ...}``.
+    """
+
+    resize_to_input = True
+
+    def __init__(
+        self,
+        in_channels: Sequence[int],
+        num_classes: int,
+        channels: int = 512,
+        pool_scales: Sequence[int] = (1, 2, 3, 6),
+        dropout: float = 0.1,
+        aux_classifier: nn.Module | None = None,
+    ) -> None:
+        super().__init__()
+        *shallow, deepest = in_channels
+        self.ppm = nn.ModuleList(
+            nn.Sequential(nn.AdaptiveAvgPool2d(scale), Conv2dNormActivation(deepest, channels, 1))
+            for scale in pool_scales
+        )
+        self.ppm_bottleneck = Conv2dNormActivation(
+            deepest + len(pool_scales) * channels, channels, 3
+        )
+        self.lateral_convs = nn.ModuleList(Conv2dNormActivation(c, channels, 1) for c in shallow)
+        self.fpn_convs = nn.ModuleList(Conv2dNormActivation(channels, channels, 3) for _ in shallow)
+        self.fuse = Conv2dNormActivation(len(in_channels) * channels, channels, 3)
+        self.dropout = nn.Dropout2d(dropout)
+        self.classifier = nn.Conv2d(channels, num_classes, 1)
+        self.aux_classifier = aux_classifier
+
+    def _pyramid_pooling(self, x: Tensor) -> Tensor:
+        pooled = [
+            F.interpolate(branch(x), size=x.shape[-2:], mode="bilinear", align_corners=False)
+            for branch in self.ppm
+        ]
+        return self.ppm_bottleneck(torch.cat([x, *pooled], dim=1))
+
+    def forward(self, features: list[Tensor]) -> Tensor | dict[str, Tensor]:
+        levels = [conv(f) for conv, f in zip(self.lateral_convs, features, strict=False)]
+        levels.append(self._pyramid_pooling(features[-1]))
+        for i in range(len(levels) - 1, 0, -1):  # top-down: add each level into the finer one
+            levels[i - 1] = levels[i - 1] + F.interpolate(
+                levels[i], size=levels[i - 1].shape[-2:], mode="bilinear", align_corners=False
+            )
+        outs = [conv(level) for conv, level in zip(self.fpn_convs, levels, strict=False)]
+        outs.append(levels[-1])
+        size = outs[0].shape[-2:]
+        outs = [
+            o if o.shape[-2:] == size else F.interpolate(o, size, mode="bilinear") for o in outs
+        ]
+        out = self.classifier(self.dropout(self.fuse(torch.cat(outs, dim=1))))
+        if self.aux_classifier is None:
+            return out
+        return OrderedDict(out=out, aux=self.aux_classifier(features[-2]))
 
 
 def _is_positive_int(value: object) -> bool:
@@ -209,4 +284,47 @@ def semantic_fpn_head(
             raise ValueError(f"{name} must be a positive multiple of 32, got {value!r}")
     return SemanticFPNHead(
         feature_info.channels(), feature_info.reduction(), num_classes, fpn_channels, channels
+    )
+
+
+def upernet_head(
+    *,
+    feature_info: FeatureInfo,
+    num_classes: int = 21,
+    channels: int = 512,
+    pool_scales: Sequence[int] = (1, 2, 3, 6),
+    dropout: float = 0.1,
+    aux: bool = False,
+) -> UperNetHead:
+    """Build the ``upernet`` head (pyramid pooling + FPN + fusion) over every returned map.
+
+    Args:
+        feature_info: the backbone's feature description (typically levels 1..4).
+        num_classes: output classes.
+        channels: width of the decoder (512 in UperNet).
+        pool_scales: output sizes of the pyramid pooling branches.
+        dropout: dropout probability before the classifier, in [0, 1).
+        aux: add an auxiliary FCN head on the second-deepest map.
+
+    Raises:
+        ValueError: a bad option; the message names it.
+
+    Example:
+        >>> seg = create_model("resnet50", "upernet", num_classes=150)  # doctest: +SKIP
+    """
+    _check_num_classes(num_classes)
+    if not _is_positive_int(channels):
+        raise ValueError(f"channels must be a positive int, got {channels!r}")
+    scales = tuple(pool_scales)
+    if not scales or not all(_is_positive_int(s) for s in scales):
+        raise ValueError(f"pool_scales must be positive ints, got {pool_scales!r}")
+    if not isinstance(dropout, int | float) or not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout must be a probability in [0, 1), got {dropout!r}")
+    return UperNetHead(
+        feature_info.channels(),
+        num_classes,
+        channels,
+        scales,
+        float(dropout),
+        _aux(feature_info, aux, num_classes),
     )
