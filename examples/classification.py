@@ -5,6 +5,10 @@ images before and after training.
 
     python examples/classification.py                          # synthetic shapes, 3 classes
     python examples/classification.py --data path/to/imagefolder --image-size 128
+    python examples/classification.py --save backbone.pth   # keep the trained backbone
+
+From scratch, the network needs about 150 steps before it tells the shapes apart (the
+loss sits near ln 3 until then); the default 300 steps reach high held-out accuracy.
 """
 
 import argparse
@@ -79,13 +83,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backbone", default="resnet18")
     parser.add_argument("--data", type=Path, default=None, help="an ImageFolder directory")
-    parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--epochs", type=int, default=1, help="passes over --data")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--val-size", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--save", type=Path, default=None, help="write the backbone's weights")
     args = parser.parse_args(argv)
 
     torch.manual_seed(args.seed)
@@ -112,6 +117,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 losses.append(loss.item())
                 bar.update()
     accuracy_after = accuracy(model, val_loader)
+    if args.save is not None:
+        torch.save(model.backbone.state_dict(), args.save)
 
     window = max(1, min(10, len(losses) // 3))
     result = {

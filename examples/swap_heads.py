@@ -6,7 +6,13 @@
 3. Freezes the backbone and trains only a new classification head on synthetic shapes,
    checking that the backbone's weights and BatchNorm statistics did not move.
 
+The frozen backbone needs useful weights: pass ``--backbone-weights`` (for example a file
+written by ``examples/classification.py --save``), or the example first trains the whole
+classifier for ``--pretrain-steps`` as a stand-in for pretrained weights.
+
     python examples/swap_heads.py
+    python examples/classification.py --save backbone.pth
+    python examples/swap_heads.py --backbone-weights backbone.pth
 """
 
 import argparse
@@ -31,9 +37,10 @@ def _train(
     parameters: Iterator[nn.Parameter],
     data: SingleShapes,
     batch_size: int,
+    lr: float,
     desc: str,
 ) -> list[float]:
-    optimizer = torch.optim.AdamW(parameters, lr=3e-3)
+    optimizer = torch.optim.AdamW(parameters, lr=lr)
     losses: list[float] = []
     model.train()
     for images, labels in tqdm(DataLoader(data, batch_size=batch_size), desc=desc):
@@ -48,7 +55,9 @@ def _train(
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backbone", default="resnet18")
-    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--backbone-weights", type=Path, default=None)
+    parser.add_argument("--pretrain-steps", type=int, default=300)
+    parser.add_argument("--steps", type=int, default=60, help="head-only training steps")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
@@ -68,17 +77,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"  fpn            -> {[tuple(v.shape) for v in detector_neck.eval()(x).values()]}")
         print(f"  semantic_fpn   -> {tuple(segmenter.eval()(x).shape)}")
 
-    # Stand-in for pretrained weights: train the whole classifier briefly on the shapes.
-    data = SingleShapes(args.steps * args.batch_size, args.image_size, args.seed)
-    classifier.head = create_head("classification", feature_info=info, num_classes=3)
-    _train(classifier, classifier.parameters(), data, args.batch_size, "pretrain")
+    if args.backbone_weights is not None:
+        backbone.load_state_dict(torch.load(args.backbone_weights, weights_only=True))
+    else:  # stand-in for pretrained weights: train the whole classifier on the shapes
+        data = SingleShapes(args.pretrain_steps * args.batch_size, args.image_size, args.seed)
+        classifier.head = create_head("classification", feature_info=info, num_classes=3)
+        _train(classifier, classifier.parameters(), data, args.batch_size, 2e-3, "pretrain")
 
     # Swap in a fresh head, freeze the backbone, and train the head alone.
     classifier.head = create_head("classification", feature_info=info, num_classes=3)
     classifier.freeze_backbone().train()
     before = {k: v.clone() for k, v in backbone.state_dict().items()}
     data = SingleShapes(args.steps * args.batch_size, args.image_size, args.seed + 1)
-    losses = _train(classifier, classifier.head.parameters(), data, args.batch_size, "head only")
+    head_parameters = classifier.head.parameters()
+    losses = _train(classifier, head_parameters, data, args.batch_size, 1e-2, "head only")
     after = backbone.state_dict()
     backbone_unchanged = all(torch.equal(before[k], after[k]) for k in before)
     window = max(1, min(10, len(losses) // 3))
