@@ -9,6 +9,7 @@ This module must not build networks itself; factories do that.
 
 import difflib
 import fnmatch
+import os
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Generic, TypeVar
 
@@ -386,6 +387,12 @@ def create_backbone(
     block: str | Sequence[str] | None = None,
     block_kwargs: dict[str, Any] | Sequence[dict[str, Any]] | None = None,
     return_dict: bool = False,
+    pretrained: "bool | str | os.PathLike[str]" = False,
+    pretrained_strict: bool = True,
+    pretrained_format: str | None = None,
+    pretrained_sha256: str = "",
+    in_chans_strategy: str | Sequence[int | None] = "repeat",
+    pretrained_cfg_overlay: dict[str, Any] | None = None,
 ) -> nn.Module:
     """Build a registered backbone as a multi-scale feature extractor.
 
@@ -409,10 +416,26 @@ def create_backbone(
         block_kwargs: extra keyword arguments passed to every block, or four dicts,
             one per stage.
         return_dict: return ``{module_name: tensor}`` instead of a list.
+        pretrained: ``True`` for the variant's default weights, a weights tag of the
+            variant (``"tv_in1k"``), a local file, an http(s) URL or ``"hf-hub:<repo>"``.
+            See :mod:`backbones.weights`.
+        pretrained_strict: raise if any backbone weight is missing from the checkpoint
+            or any checkpoint key is unexplained (classifier keys, other model parts and
+            stages not built are dropped knowingly). Nothing is loaded on failure.
+        pretrained_format: the checkpoint format ("torchvision", "timm", "mmdet",
+            "lightning", "detectron2"); detected when None.
+        pretrained_sha256: expected sha256 (or prefix) of the weights file.
+        in_chans_strategy: how 3-channel input-conv weights become ``in_chans``:
+            "repeat" (timm's), "mean", "zeros", another registered strategy, or a
+            channel map such as ``(0, 1, 2, 0)``.
+        pretrained_cfg_overlay: values replacing those of ``pretrained_cfg``.
 
     Returns:
         An ``nn.Module`` whose forward returns the requested feature maps and whose
-        ``feature_info`` describes them.
+        ``feature_info`` describes them. It also has ``pretrained_cfg`` (timm's keys:
+        mean, std, input_size, interpolation, ...), ``backbone_config`` (the options
+        above, for :func:`~backbones.weights.save_backbone`) and, when weights were
+        loaded, ``pretrained_report``.
 
     Raises:
         UnknownNameError: ``name`` (or a block name) is not registered.
@@ -424,17 +447,44 @@ def create_backbone(
         >>> bb.feature_info.channels()
         [256, 512, 1024, 2048]
     """
+    from backbones.weights.config import set_attributes
+    from backbones.weights.pretrained import apply_pretrained
+
     factory = BACKBONES.get(name)
-    return factory(
-        out_indices=out_indices,
+    options: dict[str, Any] = {
+        "out_indices": out_indices,
+        "in_chans": in_chans,
+        "output_stride": output_stride,
+        "frozen_stages": frozen_stages,
+        "norm_eval": norm_eval,
+        "norm_layer": norm_layer,
+        "drop_path_rate": drop_path_rate,
+        "zero_init_last": zero_init_last,
+        "block": block,
+        "block_kwargs": block_kwargs,
+        "return_dict": return_dict,
+    }
+    model = factory(**options)
+    apply_pretrained(
+        model,
+        name,
+        tuple(getattr(factory, "weights", ())),
+        pretrained=pretrained,
         in_chans=in_chans,
-        output_stride=output_stride,
-        frozen_stages=frozen_stages,
-        norm_eval=norm_eval,
-        norm_layer=norm_layer,
-        drop_path_rate=drop_path_rate,
-        zero_init_last=zero_init_last,
-        block=block,
-        block_kwargs=block_kwargs,
-        return_dict=return_dict,
+        strict=pretrained_strict,
+        format=pretrained_format,
+        in_chans_strategy=in_chans_strategy,
+        sha256=pretrained_sha256,
+        cfg_overlay=pretrained_cfg_overlay,
     )
+    set_attributes(model, backbone_config={"name": name, **_jsonable(options)})
+    return model
+
+
+def _jsonable(value: Any) -> Any:
+    """Tuples as lists, recursively: the options as :func:`save_backbone` writes them."""
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    return value

@@ -221,6 +221,7 @@ def resnet_factory(spec: ResNetSpec) -> Callable[..., ResNet]:
         cls = ResNetDict if return_dict else ResNet
         return cls(spec, **options)
 
+    factory.weights = spec.weights  # type: ignore[attr-defined]  # read by create_backbone
     return factory
 
 

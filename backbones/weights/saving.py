@@ -1,0 +1,152 @@
+"""``save_backbone`` / ``load_backbone``: a safetensors file that rebuilds its model alone.
+
+The file holds the backbone's tensors and, in the safetensors metadata, the options
+it was created with (name, out_indices, block, ...), its ``pretrained_cfg``, and the
+distributions that provided the backbone and its blocks. :func:`load_backbone` calls
+:func:`~backbones.create_backbone` with those options and loads the tensors strictly.
+"""
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from backbones.weights.config import set_attributes
+from backbones.weights.sources import WeightsError, read_checkpoint
+
+__all__ = ["load_backbone", "save_backbone"]
+
+FORMAT_KEY = "backbones.format"
+FORMAT_VERSION = "1"
+CONFIG_KEY = "backbones.config"
+PRETRAINED_CFG_KEY = "backbones.pretrained_cfg"
+REQUIRES_KEY = "backbones.requires"
+
+
+def _provider(kind: str, name: str) -> dict[str, str | None]:
+    """Which plugin (and distribution) registered ``name`` as a ``kind``."""
+    from backbones.plugin_manager import list_plugins
+
+    for info in list_plugins():
+        if name in info.registered.get(kind, []):
+            return {
+                "kind": kind,
+                "name": name,
+                "plugin": info.name,
+                "distribution": info.distribution,
+                "version": info.version,
+            }
+    return {"kind": kind, "name": name, "plugin": None, "distribution": None, "version": None}
+
+
+def _block_names(config: dict[str, Any]) -> list[str]:
+    block = config.get("block")
+    if block is None:
+        return []
+    names = [block] if isinstance(block, str) else list(block)
+    return sorted(set(names))
+
+
+def save_backbone(model: nn.Module, path: str | os.PathLike[str]) -> Path:
+    """Write ``model``'s weights and creation options to a ``.safetensors`` file.
+
+    Args:
+        model: a backbone made by :func:`~backbones.create_backbone` (or
+            :func:`load_backbone`).
+        path: where to write; conventionally ending in ``.safetensors``.
+
+    Returns:
+        The path written.
+
+    Raises:
+        TypeError: ``model`` was not made by ``create_backbone`` (it has no
+            ``backbone_config``), or an option cannot be written as JSON (a callable
+            ``norm_layer``, say); the message names it.
+    """
+    from safetensors.torch import save_file
+
+    config = getattr(model, "backbone_config", None)
+    if not isinstance(config, dict):
+        hint = " (for a BackboneWithHead, save model.backbone)" if hasattr(model, "head") else ""
+        raise TypeError(
+            f"save_backbone needs a backbone made by create_backbone; "
+            f"{type(model).__name__} has no backbone_config{hint}"
+        )
+    for key, value in config.items():
+        try:
+            json.dumps(value)
+        except TypeError:
+            raise TypeError(
+                f"save_backbone cannot record {key}={value!r}: it is not JSON data. Use a "
+                f"registered name instead (e.g. norm_layer='frozen_batchnorm')"
+            ) from None
+    requires = [_provider("backbone", config["name"])]
+    requires += [_provider("block", b) for b in _block_names(config)]
+    metadata = {
+        FORMAT_KEY: FORMAT_VERSION,
+        CONFIG_KEY: json.dumps(config),
+        PRETRAINED_CFG_KEY: json.dumps(getattr(model, "pretrained_cfg", {})),
+        REQUIRES_KEY: json.dumps(requires),
+    }
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    target = Path(path)
+    tmp = target.with_name(target.name + ".tmp")
+    save_file(state, str(tmp), metadata=metadata)
+    tmp.replace(target)  # never leaves a half-written file under the real name
+    return target
+
+
+def _check_requirements(requires: list[dict[str, Any]], path: Path) -> None:
+    from backbones.registry import BACKBONES, BLOCKS, Registry
+
+    registries: dict[str, Registry[Any]] = {"backbone": BACKBONES, "block": BLOCKS}
+    for req in requires:
+        registry = registries.get(str(req.get("kind", "")))
+        if registry is None or str(req.get("name")) in registry:
+            continue
+        dist = req.get("distribution")
+        where = (
+            f"the plugin distribution {dist!r} (version {req.get('version')} when saved); "
+            f"install it, e.g. pip install {dist}"
+            if dist
+            else f"code registered at runtime ({req.get('plugin') or 'not a plugin'}); "
+            f"import or register it before loading"
+        )
+        raise WeightsError(f"{path}: needs {req['kind']} {req['name']!r}, provided by {where}")
+
+
+def load_backbone(path: str | os.PathLike[str], **overrides: Any) -> nn.Module:
+    """Rebuild the backbone saved by :func:`save_backbone`, from the file alone.
+
+    Args:
+        path: the ``.safetensors`` file.
+        **overrides: creation options to change, e.g. ``frozen_stages=1``. Options
+            that change the weights' shapes make the strict load fail.
+
+    Raises:
+        WeightsError: the file was not written by ``save_backbone``, or a plugin it
+            needs is not installed (the message names the distribution).
+    """
+    from backbones.registry import create_backbone
+    from backbones.weights.loading import load_state_dict_into
+
+    file = Path(path)
+    state, metadata = read_checkpoint(file)
+    if metadata.get(FORMAT_KEY) != FORMAT_VERSION or CONFIG_KEY not in metadata:
+        raise WeightsError(
+            f"{file}: has no backbones metadata (not written by save_backbone); load its "
+            f"weights with create_backbone(name, pretrained={str(file)!r}) instead"
+        )
+    config = json.loads(metadata[CONFIG_KEY])
+    _check_requirements(json.loads(metadata.get(REQUIRES_KEY, "[]")), file)
+    options = {**config, **overrides}
+    model = create_backbone(options.pop("name"), **options)
+    report = load_state_dict_into(model, state, source=str(file), format="backbones")
+    set_attributes(model, pretrained_report=report)
+    saved_cfg = json.loads(metadata.get(PRETRAINED_CFG_KEY, "{}"))
+    if saved_cfg:  # JSON has no tuples; timm's transforms expect them
+        cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in saved_cfg.items()}
+        set_attributes(model, pretrained_cfg=cfg)
+    return model
