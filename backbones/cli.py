@@ -4,6 +4,7 @@ Commands:
     list [PATTERN]    registered backbones, blocks and heads matching an fnmatch pattern
     plugins           every plugin, its distribution, what it registered, what failed
     bench NAME        eager forward speed against timm's features_only model
+    convert SRC DST   another library's checkpoint (detectron2 .pkl too) to safetensors
 """
 
 import argparse
@@ -70,6 +71,17 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from backbones.weights.convert import convert_checkpoint
+
+    counts = convert_checkpoint(args.src, args.dst, format=args.format)
+    print(
+        f"wrote {args.dst}: {counts['kept']} backbone tensors "
+        f"({counts['dropped']} other entries left out)"
+    )
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="backbones", description="Multi-scale backbones for vision tasks."
@@ -96,6 +108,14 @@ def _parser() -> argparse.ArgumentParser:
         help="also time optimize_for_inference (BatchNorm folded, channels_last)",
     )
     p_bench.set_defaults(run=_cmd_bench)
+
+    p_convert = sub.add_parser(
+        "convert", help="convert a checkpoint (detectron2 .pkl, mmdet, ...) to safetensors"
+    )
+    p_convert.add_argument("src", help="the checkpoint file")
+    p_convert.add_argument("dst", help="the .safetensors file to write")
+    p_convert.add_argument("--format", default=None, help="override format detection")
+    p_convert.set_defaults(run=_cmd_convert)
     return parser
 
 

@@ -106,7 +106,8 @@ FORMATS: dict[str, CheckpointFormat] = {
             prefixes=("backbone.bottom_up.", "backbone."),
             renames=_DETECTRON2_RENAMES,
             drop=(
-                r"^(fpn_|proposal_generator|roi_heads|sem_seg_head|pixel_)",
+                r"^(backbone\.)?fpn_",
+                r"^(proposal_generator|roi_heads|sem_seg_head|pixel_)",
                 r"^fc1000\.",
                 _HEADS,
             ),

@@ -165,7 +165,12 @@ def load_state_dict_into(
         new[key] = tensor.to(dtype=target.dtype)
         report.loaded.append(key)
     # BatchNorm's counter is absent from old and foreign checkpoints; it is not a weight.
-    report.missing = [k for k in ours if k not in new and not k.endswith("num_batches_tracked")]
+    mismatched = {key for key, _, _ in report.mismatched}
+    report.missing = [
+        k
+        for k in ours
+        if k not in new and k not in mismatched and not k.endswith("num_batches_tracked")
+    ]
     if strict and not report.ok:
         raise WeightsLoadError(report)
     _load_atomically(model, new)
