@@ -26,15 +26,28 @@ from backbones.registry import (
     register_head,
 )
 from backbones.variants import ResNetSpec
+from backbones.weights import (
+    LoadReport,
+    PretrainedCfg,
+    WeightsError,
+    WeightsLoadError,
+    load_backbone,
+    load_pretrained,
+    save_backbone,
+)
 
 __all__ = [
     "BackboneWithHead",
     "FeatureInfo",
     "FeatureLevel",
+    "LoadReport",
     "NameConflictError",
     "PluginInfo",
+    "PretrainedCfg",
     "ResNetSpec",
     "UnknownNameError",
+    "WeightsError",
+    "WeightsLoadError",
     "create_backbone",
     "create_head",
     "create_model",
@@ -44,9 +57,12 @@ __all__ = [
     "list_blocks",
     "list_heads",
     "list_plugins",
+    "load_backbone",
+    "load_pretrained",
     "optimize_for_inference",
     "register_backbone",
     "register_block",
     "register_head",
+    "save_backbone",
 ]
 __version__ = "0.1.0"

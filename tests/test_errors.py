@@ -327,8 +327,8 @@ def test_bool_option_given_non_bool(option, value):
 
 
 def test_unknown_option_is_a_type_error():
-    with pytest.raises(TypeError, match="pretrained"):
-        create_backbone("resnet18", pretrained=True)
+    with pytest.raises(TypeError, match="pretrainde"):
+        create_backbone("resnet18", pretrainde=True)
 
 
 def test_options_are_keyword_only():

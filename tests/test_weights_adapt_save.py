@@ -246,5 +246,8 @@ def test_pretrained_true_and_tags_pick_rows_of_the_variant_table(monkeypatch):
         r" nor a file; did you mean 'tv_in1k'",
     ):
         create_backbone("resnet50", pretrained="tv_in1")
+    bb = create_backbone("seresnet50", pretrained=True)  # a plugin's row (backbones-attention)
+    assert fetched[-1][0] == "hf-hub:timm/seresnet50.a1_in1k"
+    assert bb.pretrained_cfg["crop_pct"] == 0.95
     with pytest.raises(TypeError, match=r"pretrained must be True/False, a weights tag"):
         create_backbone("resnet50", pretrained=3)

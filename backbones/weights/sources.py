@@ -15,10 +15,12 @@ and verified: a partial or corrupt download never sits in the cache.
 """
 
 import hashlib
+import http.client
 import logging
 import os
 import pickle
 import re
+import struct
 import urllib.error
 from pathlib import Path
 from typing import Any
@@ -110,9 +112,20 @@ def _from_url(url: str, sha256: str, progress: bool) -> Path:
         log.warning("cached %s fails its sha256 check; downloading it again", target)
         target.unlink()
     log.info("downloading %s to %s", url, target)
+    partial = target.with_name(f".{target.name}.{os.getpid()}.download")
     try:
-        # Writes a temporary file next to the target, checks the hash, then moves it in.
-        torch.hub.download_url_to_file(url, str(target), expected or None, progress=progress)
+        # torch writes a temporary file, checks the hash, then moves it to `partial`; the
+        # file enters the cache under its real name only once it also reads as weights
+        # (a server that closes early can leave a short file without any error).
+        torch.hub.download_url_to_file(url, str(partial), expected or None, progress=progress)
+        try:
+            read_checkpoint(partial)
+        except WeightsError as err:
+            raise WeightsError(
+                f"{url}: the download is not a readable weights file (truncated or corrupt?); "
+                f"it was not cached"
+            ) from err
+        partial.replace(target)
     except RuntimeError as err:
         if "invalid hash value" in str(err):
             raise WeightsError(
@@ -120,8 +133,12 @@ def _from_url(url: str, sha256: str, progress: bool) -> Path:
                 f"it was not cached ({err})"
             ) from None
         raise WeightsError(f"{url}: download failed: {err}") from err
-    except (urllib.error.URLError, OSError, ValueError) as err:
+    except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as err:
+        if isinstance(err, WeightsError):
+            raise
         raise WeightsError(f"{url}: download failed ({type(err).__name__}: {err})") from err
+    finally:
+        partial.unlink(missing_ok=True)
     return target
 
 
@@ -139,11 +156,11 @@ def _from_hub(spec: str, sha256: str) -> Path:
     for filename in HF_FILENAMES:
         try:
             path = Path(hf_hub_download(repo, filename, revision=revision or None))
+        except LocalEntryNotFoundError as err:  # a subclass of EntryNotFoundError: first
+            failures.append(f"{filename}: not in the local cache and offline ({err})")
+            continue
         except EntryNotFoundError:
             failures.append(f"{filename}: not in the repository")
-            continue
-        except LocalEntryNotFoundError as err:
-            failures.append(f"{filename}: not in the local cache and offline ({err})")
             continue
         except Exception as err:  # the hub client's many network and HTTP errors
             failures.append(f"{filename}: {type(err).__name__}: {err}")
@@ -194,6 +211,9 @@ def read_checkpoint(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
+        reason = str(err).lower()
+        if "global" not in reason and "reduce" not in reason:  # garbage, not foreign objects
+            raise WeightsError(f"{path}: not a readable checkpoint (corrupt? {err})") from None
         raise WeightsError(
             f"{path}: holds objects other than tensors and plain containers, so it was not "
             f"loaded (backbones reads pickles with torch.load(weights_only=True) only). "
@@ -201,7 +221,7 @@ def read_checkpoint(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
             f"or convert with `python -m backbones convert`. torch said: "
             f"{str(err).splitlines()[0]}"
         ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as err:
+    except (RuntimeError, EOFError, OSError, ValueError, IndexError, KeyError, struct.error) as err:
         raise WeightsError(
             f"{path}: not a readable checkpoint (corrupt or truncated? {err})"
         ) from err

@@ -6,7 +6,7 @@ manager of ``backbones`` registers them.
 
 from torch import nn
 
-from backbones import ResNetSpec, hookimpl
+from backbones import PretrainedCfg, ResNetSpec, hookimpl
 from backbones_attention.blocks import (
     CbamBasicBlock,
     CbamBottleneck,
@@ -34,13 +34,37 @@ def backbones_register_blocks() -> dict[str, type[nn.Module]]:
     }
 
 
+def _timm_hub(hub_id: str, crop_pct: float = 0.875) -> tuple[PretrainedCfg, ...]:
+    """timm's published weights for a variant, on the Hugging Face hub."""
+    return (
+        PretrainedCfg(
+            hub_id.split(".", 1)[1],
+            hf_hub_id=f"timm/{hub_id}",
+            origin="timm",
+            license="apache-2.0",
+            interpolation="bicubic",
+            crop_pct=crop_pct,
+        ),
+    )
+
+
 @hookimpl
 def backbones_register_backbones() -> dict[str, ResNetSpec]:
     """timm's SE-ResNet-50, SE-ResNeXt-50 (32x4d) and ECA-ResNet-50-D, as trunk variants."""
     return {
-        "seresnet50": ResNetSpec("se_bottleneck", _LAYERS_50, origin="timm"),
+        "seresnet50": ResNetSpec(
+            "se_bottleneck",
+            _LAYERS_50,
+            origin="timm",
+            weights=_timm_hub("seresnet50.a1_in1k", crop_pct=0.95),
+        ),
         "seresnext50_32x4d": ResNetSpec(
-            "se_bottleneck", _LAYERS_50, groups=32, width_per_group=4, origin="timm"
+            "se_bottleneck",
+            _LAYERS_50,
+            groups=32,
+            width_per_group=4,
+            origin="timm",
+            weights=_timm_hub("seresnext50_32x4d.racm_in1k"),
         ),
         "ecaresnet50d": ResNetSpec(
             "eca_bottleneck",
@@ -49,5 +73,6 @@ def backbones_register_backbones() -> dict[str, ResNetSpec]:
             stem_width=32,
             avg_down=True,
             origin="timm",
+            weights=_timm_hub("ecaresnet50d.miil_in1k"),
         ),
     }
