@@ -5,7 +5,7 @@ images before and after training.
 
     python examples/classification.py                          # synthetic shapes, 3 classes
     python examples/classification.py --data path/to/imagefolder --image-size 128
-    python examples/classification.py --save backbone.pth   # keep the trained backbone
+    python examples/classification.py --save backbone.safetensors   # keep the trained backbone
 
 From scratch, the network needs about 150 steps before it tells the shapes apart (the
 loss sits near ln 3 until then); the default 300 steps reach high held-out accuracy.
@@ -25,7 +25,7 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from shapes import CLASSES, ShapesDataset
 
-from backbones import create_model
+from backbones import create_model, save_backbone
 
 
 class SingleShapes(Dataset[tuple[Tensor, int]]):
@@ -90,7 +90,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--val-size", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--save", type=Path, default=None, help="write the backbone's weights")
+    parser.add_argument(
+        "--save", type=Path, default=None, help="save_backbone() the trained backbone"
+    )
     args = parser.parse_args(argv)
 
     torch.manual_seed(args.seed)
@@ -118,7 +120,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 bar.update()
     accuracy_after = accuracy(model, val_loader)
     if args.save is not None:
-        torch.save(model.backbone.state_dict(), args.save)
+        save_backbone(model.backbone, args.save)
 
     window = max(1, min(10, len(losses) // 3))
     result = {

@@ -11,8 +11,8 @@ written by ``examples/classification.py --save``), or the example first trains t
 classifier for ``--pretrain-steps`` as a stand-in for pretrained weights.
 
     python examples/swap_heads.py
-    python examples/classification.py --save backbone.pth
-    python examples/swap_heads.py --backbone-weights backbone.pth
+    python examples/classification.py --save backbone.safetensors
+    python examples/swap_heads.py --backbone-weights backbone.safetensors
 """
 
 import argparse
@@ -64,7 +64,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     torch.manual_seed(args.seed)
 
-    backbone = create_backbone(args.backbone)
+    # Any weights file works here: save_backbone's, torchvision's, timm's, mmdet's, ...
+    backbone = create_backbone(args.backbone, pretrained=args.backbone_weights or False)
     info = backbone.feature_info
     classifier = create_model(backbone, "classification", num_classes=10)
     detector_neck = create_model(backbone, "fpn")
@@ -77,9 +78,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"  fpn            -> {[tuple(v.shape) for v in detector_neck.eval()(x).values()]}")
         print(f"  semantic_fpn   -> {tuple(segmenter.eval()(x).shape)}")
 
-    if args.backbone_weights is not None:
-        backbone.load_state_dict(torch.load(args.backbone_weights, weights_only=True))
-    else:  # stand-in for pretrained weights: train the whole classifier on the shapes
+    if args.backbone_weights is None:  # stand-in for pretrained weights: train it on the shapes
         data = SingleShapes(args.pretrain_steps * args.batch_size, args.image_size, args.seed)
         classifier.head = create_head("classification", feature_info=info, num_classes=3)
         _train(classifier, classifier.parameters(), data, args.batch_size, 2e-3, "pretrain")

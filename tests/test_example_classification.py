@@ -4,8 +4,9 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
+
+from backbones import load_backbone
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 import classification
@@ -26,15 +27,16 @@ def test_classification_example_reads_an_image_folder(tmp_path: Path):
 
 
 def test_shapes_classifier_learns_then_a_new_head_learns_on_its_frozen_backbone(tmp_path: Path):
-    weights = tmp_path / "backbone.pth"
+    weights = tmp_path / "backbone.safetensors"
     small = ["--image-size", "48", "--batch-size", "8"]
     run = ["--steps", "300", "--lr", "3e-3", "--save", str(weights)]
     result = classification.main([*small, *run])
     # Three classes: chance is 1/3 and the loss of a uniform guess is ln 3 = 1.10.
     assert result["accuracy_after"] >= 0.7 > 0.4 > result["accuracy_before"]
     assert result["loss_last"] < 0.5 * result["loss_first"]
-    saved = torch.load(weights, weights_only=True)
-    assert "layer4.1.conv2.weight" in saved and not any(k.startswith("fc") for k in saved)
+    saved = load_backbone(weights)  # save_backbone's file rebuilds the backbone alone
+    assert saved.backbone_config["name"] == "resnet18"
+    assert "layer4.1.conv2.weight" in saved.state_dict()
 
     swapped = swap_heads.main([*small, "--steps", "40", "--backbone-weights", str(weights)])
     assert swapped["shared"] and swapped["backbone_unchanged"]
