@@ -125,7 +125,7 @@ def test_local_file_reproduces_torchvision_features(
     bb = build(str(path))
     assert_matches(bb, image, reference)
     assert_report_is_clean(bb, str(path))
-    assert bb.pretrained_cfg["url"] == str(path)
+    assert bb.pretrained_cfg["file"] == str(path) and bb.pretrained_cfg["url"] == ""
     assert bb.pretrained_cfg["hf_hub_id"] == ""
 
 

@@ -23,6 +23,7 @@ class PretrainedCfg:
     Attributes:
         tag: short name of the weights, unique within the variant ("tv_in1k", "a1_in1k").
         url: an http(s) URL of the file; a hash prefix in its name is checked.
+        file: a local file the weights were loaded from (timm's ``file`` key).
         hf_hub_id: a Hugging Face hub repository holding the file, used when ``url`` is empty.
         sha256: the file's full sha256, when known.
         origin: the library that published the weights ("torchvision", "timm").
@@ -39,6 +40,7 @@ class PretrainedCfg:
 
     tag: str
     url: str = ""
+    file: str = ""
     hf_hub_id: str = ""
     sha256: str = ""
     origin: str = "torchvision"

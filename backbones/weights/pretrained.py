@@ -85,8 +85,10 @@ def apply_pretrained(
         cfg = replace(cfg, tag="", url="", hf_hub_id="", sha256=sha256, origin="", license="")
         if source.startswith("hf-hub:"):
             cfg = replace(cfg, hf_hub_id=source[len("hf-hub:") :])
-        else:
+        elif source.startswith(("http://", "https://")):
             cfg = replace(cfg, url=source)
+        else:
+            cfg = replace(cfg, file=source)
     sources = (
         None
         if isinstance(in_chans_strategy, str)
