@@ -11,6 +11,7 @@ import argparse
 import collections
 import hashlib
 import io
+import json
 import logging
 import re
 import threading
@@ -574,6 +575,23 @@ def test_hf_hub_repo_loads_from_the_cache(
     assert bb.pretrained_cfg["url"] == ""
     # pre-processing stays the variant's
     assert bb.pretrained_cfg["mean"] == (0.485, 0.456, 0.406)
+
+
+def test_hf_hub_config_json_sets_the_preprocessing(
+    hf_cache: Path, state: dict[str, Tensor]
+) -> None:
+    snapshot = fake_repo(
+        hf_cache, "someone/tiny-r18", "main", COMMIT_MAIN, {"model.safetensors": state}
+    )
+    pretrained_cfg = {"input_size": [3, 160, 160], "interpolation": "bicubic", "crop_pct": 0.95}
+    pretrained_cfg |= {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25], "num_classes": 7}
+    config = {"architecture": "resnet18", "pretrained_cfg": pretrained_cfg}
+    (snapshot / "config.json").write_text(json.dumps(config))
+    cfg = build("hf-hub:someone/tiny-r18").pretrained_cfg
+    assert cfg["input_size"] == (3, 160, 160) and cfg["interpolation"] == "bicubic"
+    assert cfg["crop_pct"] == 0.95 and cfg["mean"] == (0.5, 0.5, 0.5)
+    assert cfg["std"] == (0.25, 0.25, 0.25)
+    assert cfg["num_classes"] == 1000  # only pre-processing keys come from the hub
 
 
 def test_hf_hub_falls_back_to_pytorch_model_bin(

@@ -31,6 +31,7 @@ class PretrainedCfg:
         input_size: (channels, height, width) the weights were trained at.
         interpolation: resize interpolation of the pre-processing.
         crop_pct: centre-crop fraction at evaluation.
+        crop_mode: how timm crops at evaluation ("center", "squash", "border").
         mean: per-channel mean subtracted from [0, 1] images.
         std: per-channel standard deviation they are divided by.
         num_classes: classes of the checkpoint's classifier (dropped when loading).
@@ -48,6 +49,7 @@ class PretrainedCfg:
     input_size: tuple[int, int, int] = (3, 224, 224)
     interpolation: str = "bilinear"
     crop_pct: float = 0.875
+    crop_mode: str = "center"
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
     num_classes: int = 1000
@@ -61,9 +63,7 @@ class PretrainedCfg:
 
     def to_dict(self) -> dict[str, Any]:
         """timm-style keys (``input_size``, ``mean``, ``std``, ``crop_pct``, ...)."""
-        cfg = asdict(self)
-        cfg["crop_mode"] = "center"
-        return cfg
+        return asdict(self)
 
     def for_in_chans(self, in_chans: int, sources: Sequence[int] | None = None) -> "PretrainedCfg":
         """This cfg for an ``in_chans``-channel model; see :func:`channel_stats`."""

@@ -17,7 +17,7 @@ from torch import nn
 from backbones.weights.config import PretrainedCfg, set_attributes
 from backbones.weights.in_chans import check_channel_map
 from backbones.weights.loading import load_pretrained
-from backbones.weights.sources import WeightsError
+from backbones.weights.sources import WeightsError, hub_preprocessing
 
 __all__ = ["apply_pretrained"]
 
@@ -94,6 +94,10 @@ def apply_pretrained(
         if isinstance(in_chans_strategy, str)
         else [c if c is not None else i % 3 for i, c in enumerate(in_chans_strategy)]
     )
+    if pretrained and cfg.hf_hub_id:  # the hub's own config.json knows its pre-processing
+        hub = hub_preprocessing(cfg.hf_hub_id)
+        if hub:
+            cfg = replace(cfg, **hub)
     out = cfg.for_in_chans(in_chans, sources).to_dict()
     if cfg_overlay:
         unknown = sorted(set(cfg_overlay) - set(out))

@@ -172,6 +172,32 @@ def _from_hub(spec: str, sha256: str) -> Path:
     )
 
 
+HUB_CFG_KEYS = ("input_size", "interpolation", "crop_pct", "crop_mode", "mean", "std")
+
+
+def hub_preprocessing(spec: str) -> dict[str, Any]:
+    """Pre-processing from a hub repository's ``config.json`` (timm's ``pretrained_cfg``).
+
+    Returns only the keys in ``HUB_CFG_KEYS``, lists as tuples; an empty dict when the
+    repository has no such file, or it is not cached and the hub is offline.
+    """
+    import json
+
+    from huggingface_hub import hf_hub_download
+
+    repo, _, revision = spec.partition("@")
+    try:
+        path = hf_hub_download(repo, "config.json", revision=revision or None)
+        with open(path, encoding="utf-8") as f:
+            cfg = json.load(f).get("pretrained_cfg", {})
+    except Exception as err:  # optional metadata: any failure leaves the variant's values
+        log.debug("no pretrained_cfg from hf-hub:%s (%s)", spec, err)
+        return {}
+    if not isinstance(cfg, dict):
+        return {}
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items() if k in HUB_CFG_KEYS}
+
+
 def _is_safetensors(path: Path) -> bool:
     """Whether the file starts like a safetensors file (a small length, then a JSON header)."""
     with open(path, "rb") as f:
