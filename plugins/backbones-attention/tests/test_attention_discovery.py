@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from dataclasses import replace
 from typing import Any
 
 from backbones import ResNetSpec, list_backbones, list_blocks
@@ -109,6 +110,13 @@ def test_hooks_return_fresh_dicts_and_leave_the_registries_alone():
     assert set(specs) == BACKBONE_NAMES
     assert all(isinstance(s, ResNetSpec) and s.origin == "timm" for s in specs.values())
     assert all(s.block in BLOCK_NAMES for s in specs.values())
+    hub_ids = {name: [w.hf_hub_id for w in s.weights] for name, s in specs.items()}
+    assert hub_ids == {
+        "seresnet50": ["timm/seresnet50.a1_in1k"],
+        "seresnext50_32x4d": ["timm/seresnext50_32x4d.racm_in1k"],
+        "ecaresnet50d": ["timm/ecaresnet50d.miil_in1k"],
+    }
+    specs = {name: replace(s, weights=()) for name, s in specs.items()}
     assert specs["seresnet50"] == ResNetSpec("se_bottleneck", (3, 4, 6, 3), origin="timm")
     assert specs["seresnext50_32x4d"] == ResNetSpec(
         "se_bottleneck", (3, 4, 6, 3), groups=32, width_per_group=4, origin="timm"
