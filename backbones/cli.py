@@ -4,6 +4,7 @@ Commands:
     list [PATTERN]    registered backbones, blocks and heads matching an fnmatch pattern
     plugins           every plugin, its distribution, what it registered, what failed
     bench NAME        eager forward speed against timm's features_only model
+    weights NAME      a backbone's published weights: tags, sources, pre-processing, licence
     convert SRC DST   another library's checkpoint (detectron2 .pkl too) to safetensors
 """
 
@@ -71,6 +72,24 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_weights(args: argparse.Namespace) -> int:
+    from backbones.registry import BACKBONES
+
+    weights = getattr(BACKBONES.get(args.name), "weights", ())
+    if not weights:
+        print(f"{args.name}: no published weights; use pretrained=<file, URL or hf-hub:...>")
+        return 0
+    print(f"{args.name}: pretrained=True loads {weights[0].tag!r}; a tag picks a row")
+    for cfg in weights:
+        size = "x".join(str(s) for s in cfg.input_size[1:])
+        print(
+            f"  {cfg.tag:<10} {cfg.source}\n"
+            f"  {'':<10} {cfg.origin}, {cfg.license}; {size} {cfg.interpolation}, "
+            f"crop {cfg.crop_pct:.3f}, mean {cfg.mean}, std {cfg.std}"
+        )
+    return 0
+
+
 def _cmd_convert(args: argparse.Namespace) -> int:
     from backbones.weights.convert import convert_checkpoint
 
@@ -108,6 +127,10 @@ def _parser() -> argparse.ArgumentParser:
         help="also time optimize_for_inference (BatchNorm folded, channels_last)",
     )
     p_bench.set_defaults(run=_cmd_bench)
+
+    p_weights = sub.add_parser("weights", help="a backbone's published weights and their tags")
+    p_weights.add_argument("name", help="a registered backbone, e.g. resnet50")
+    p_weights.set_defaults(run=_cmd_weights)
 
     p_convert = sub.add_parser(
         "convert", help="convert a checkpoint (detectron2 .pkl, mmdet, ...) to safetensors"

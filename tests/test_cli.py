@@ -22,6 +22,22 @@ def _run_cli(*args: str, autoload: bool = False) -> subprocess.CompletedProcess[
     )
 
 
+def test_weights_lists_the_tags_sources_and_licences_of_a_variant():
+    result = _run_cli("weights", "resnet50")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "resnet50: pretrained=True loads 'tv2_in1k'; a tag picks a row"
+    assert lines[1] == "  tv2_in1k   https://download.pytorch.org/models/resnet50-11ad3fa6.pth"
+    assert lines[2].startswith(
+        "             torchvision, bsd-3-clause; 224x224 bilinear, crop 0.966"
+    )
+    assert lines[5] == "  a1_in1k    hf-hub:timm/resnet50.a1_in1k"
+    assert "timm, apache-2.0; 224x224 bicubic, crop 0.950" in lines[6]
+    unknown = _run_cli("weights", "resnet05")
+    assert unknown.returncode == 2
+    assert "unknown backbone 'resnet05'; did you mean 'resnet50'" in unknown.stderr
+
+
 def test_list_prints_matching_backbones_blocks_and_heads():
     result = _run_cli("list", "resnet5*")  # built-ins only: plugins would add names
     assert result.returncode == 0, result.stderr
