@@ -251,3 +251,15 @@ def test_pretrained_true_and_tags_pick_rows_of_the_variant_table(monkeypatch):
     assert bb.pretrained_cfg["crop_pct"] == 0.95
     with pytest.raises(TypeError, match=r"pretrained must be True/False, a weights tag"):
         create_backbone("resnet50", pretrained=3)
+
+
+def test_importing_backbones_does_not_import_the_weight_libraries():
+    code = (
+        "import sys, backbones\n"
+        "print(sorted(m for m in ('timm', 'safetensors', 'huggingface_hub') if m in sys.modules))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

@@ -19,7 +19,6 @@ Add your own with :func:`register_in_chans_strategy`.
 from collections.abc import Callable, Sequence
 
 import torch
-from timm.models import adapt_input_conv
 from torch import Tensor
 
 from backbones.registry import Registry
@@ -55,6 +54,8 @@ def register_in_chans_strategy(name: str) -> Callable[[InChansStrategy], InChans
 
 @register_in_chans_strategy("repeat")
 def _repeat(weight: Tensor, in_chans: int) -> Tensor:
+    from timm.models import adapt_input_conv  # here: importing timm is slow, `backbones` is not
+
     return adapt_input_conv(in_chans, weight, base_chans=weight.shape[1])
 
 
