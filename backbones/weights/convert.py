@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from backbones.weights.formats import FORMATS, detect_format, extract_state_dict
+from backbones.weights.formats import check_format, to_our_names
 from backbones.weights.sources import WeightsError, read_checkpoint
 
 __all__ = ["convert_checkpoint"]
@@ -74,20 +74,13 @@ def convert_checkpoint(
     """
     from safetensors.torch import save_file
 
-    from backbones.registry import UnknownNameError
-
-    if format is not None and format not in FORMATS:
-        raise UnknownNameError("checkpoint format", format, list(FORMATS))
+    check_format(format)
     source = Path(src)
     if source.suffix == ".pkl":
         checkpoint = _read_pickle(source)
     else:
         checkpoint, _ = read_checkpoint(source)
-    fmt = FORMATS[format or detect_format(checkpoint)]
-    try:
-        state = extract_state_dict(checkpoint, fmt)
-    except ValueError as err:
-        raise WeightsError(f"{source}: {err}") from None
+    state, fmt = to_our_names(checkpoint, format, source)
     kept: dict[str, torch.Tensor] = {}
     dropped = 0
     for key, value in state.items():

@@ -17,7 +17,14 @@ from typing import Any
 
 import torch
 
-__all__ = ["FORMATS", "CheckpointFormat", "detect_format", "extract_state_dict"]
+__all__ = [
+    "FORMATS",
+    "CheckpointFormat",
+    "check_format",
+    "detect_format",
+    "extract_state_dict",
+    "to_our_names",
+]
 
 
 @dataclass(frozen=True)
@@ -179,3 +186,28 @@ def extract_state_dict(checkpoint: Mapping[str, Any], fmt: CheckpointFormat) -> 
             key = re.sub(pattern, replacement, key)
         out[key] = value
     return out
+
+
+def check_format(name: str | None) -> None:
+    """Raise UnknownNameError (with close matches) unless ``name`` is None or a known format."""
+    if name is not None and name not in FORMATS:
+        from backbones.registry import UnknownNameError
+
+        raise UnknownNameError("checkpoint format", name, list(FORMATS))
+
+
+def to_our_names(
+    checkpoint: Mapping[str, Any], format: str | None, where: object
+) -> tuple[dict[str, Any], CheckpointFormat]:
+    """The checkpoint's weights under our names, and the format used (``format`` or detected).
+
+    Raises:
+        WeightsError: the checkpoint holds no weights where its format keeps them.
+    """
+    from backbones.weights.sources import WeightsError
+
+    fmt = FORMATS[format or detect_format(checkpoint)]
+    try:
+        return extract_state_dict(checkpoint, fmt), fmt
+    except ValueError as err:
+        raise WeightsError(f"{where}: {err} (format {fmt.name!r})") from None

@@ -17,8 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from backbones.registry import UnknownNameError
-from backbones.weights.formats import FORMATS, detect_format, extract_state_dict
+from backbones.weights.formats import check_format, to_our_names
 from backbones.weights.in_chans import adapt_first_conv
 from backbones.weights.sources import WeightsError, read_checkpoint, resolve_source
 
@@ -219,22 +218,15 @@ def load_pretrained(
         WeightsLoadError: ``strict`` and the weights do not fit; the model is unchanged.
         UnknownNameError: an unknown ``format``.
     """
-    if format is not None and format not in FORMATS:
-        raise UnknownNameError("checkpoint format", format, list(FORMATS))
-    path = resolve_source(source, sha256=sha256, progress=progress)
-    checkpoint, _ = read_checkpoint(path)
-    name = format or detect_format(checkpoint)
-    fmt = FORMATS[name]
-    try:
-        state = extract_state_dict(checkpoint, fmt)
-    except ValueError as err:
-        raise WeightsError(f"{source}: {err} (format {name!r})") from None
+    check_format(format)  # before any download
+    checkpoint, _ = read_checkpoint(resolve_source(source, sha256=sha256, progress=progress))
+    state, fmt = to_our_names(checkpoint, format, source)
     state, outside = _strip_outer_prefix(state, model.state_dict())
     return load_state_dict_into(
         model,
         state,
         source=os.fspath(source),
-        format=name + ("" if format is None else " (given)"),
+        format=fmt.name + ("" if format is None else " (given)"),
         strict=strict,
         in_chans_strategy=in_chans_strategy,
         first_conv=first_conv_name(model),

@@ -85,10 +85,11 @@ def resolve_source(
 
 
 def _check_hash(path: Path, expected: str, *, what: str) -> None:
-    if expected and not sha256_of(path).startswith(expected):
-        raise WeightsError(
-            f"{what}: sha256 {sha256_of(path)} does not match the expected {expected}"
-        )
+    if not expected:
+        return
+    digest = sha256_of(path)
+    if not digest.startswith(expected):
+        raise WeightsError(f"{what}: sha256 {digest} does not match the expected {expected}")
 
 
 def _expected_hash(url: str, sha256: str) -> str:
