@@ -40,7 +40,11 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
         status = (
             "FAILED"
             if not plugin.loaded
-            else ("loaded, with errors" if plugin.failed else "loaded")
+            else (
+                "loaded, with errors"
+                if plugin.failed
+                else ("loaded, with conflicts" if plugin.conflicts else "loaded")
+            )
         )
         origin = f"{plugin.distribution} {plugin.version}" if plugin.distribution else "backbones"
         print(f"{plugin.name} [{status}] {origin}: {plugin.module}")
@@ -50,6 +54,8 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
                 print(f"  {kind}s: {', '.join(names)}")
         for error in plugin.errors:
             print(f"  error: {error}")
+        for conflict in plugin.conflicts:
+            print(f"  conflict: {conflict}")
     for registry in (BACKBONES, BLOCKS, HEADS):
         for name, sources in registry.conflicts().items():
             print(f"conflict: {registry.kind} {name!r} from {' and '.join(sources)}")

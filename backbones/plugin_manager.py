@@ -8,15 +8,21 @@ Order of work, on first registry use (never at import):
    to validate costs a warning and is recorded as failed, and the rest load;
 3. every plugin's hooks are called one plugin at a time (again, one that
    raises is recorded and skipped), and their contributions are checked;
-4. a name contributed by two sources is registered as a conflict: using it
-   raises :class:`~backbones.registry.NameConflictError` naming both.
+4. a name contributed by two sources is contested: the bare name raises
+   :class:`~backbones.registry.NameConflictError` naming both, each stays
+   reachable as ``"<plugin>:<name>"``, and a plugin's variants keep using the
+   blocks of their own plugin;
+5. only when the registries are complete are the problems issued as
+   :class:`PluginWarning` (they are also kept on each :class:`PluginInfo`).
+
+Discovery runs once per process, under a lock: other threads wait for it.
 
 This module must not build networks; it only gathers what plugins contribute.
 """
 
-import functools
 import importlib.metadata
 import os
+import threading
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,6 +32,7 @@ import pluggy
 
 from backbones import hookspecs
 from backbones.hookspecs import PROJECT
+from backbones.registry import BUILTIN_PROVIDER, QUALIFIER
 
 __all__ = [
     "DISABLE_AUTOLOAD_ENV",
@@ -33,13 +40,14 @@ __all__ = [
     "PluginInfo",
     "PluginManager",
     "PluginWarning",
+    "failed_plugins_note",
     "get_plugin_manager",
     "list_plugins",
 ]
 
 ENTRY_POINT_GROUP = PROJECT
 DISABLE_AUTOLOAD_ENV = "BACKBONES_DISABLE_PLUGIN_AUTOLOAD"
-BUILTIN = "builtin"
+BUILTIN = BUILTIN_PROVIDER
 
 # hook name -> the registry kind it fills
 _HOOKS = {
@@ -65,6 +73,8 @@ class PluginInfo:
         registered: kind ("backbone", "block", "head") -> names it contributed.
         errors: why it failed to load, or what of it was rejected.
         loaded: whether the plugin itself imported and registered.
+        conflicts: names it registered that another plugin registered too; they are
+            reachable only as ``"<plugin>:<name>"``.
     """
 
     name: str
@@ -74,6 +84,7 @@ class PluginInfo:
     registered: dict[str, list[str]] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
     loaded: bool = True
+    conflicts: list[str] = field(default_factory=list)
 
     @property
     def source(self) -> str:
@@ -110,27 +121,50 @@ class PluginManager:
         self._pm = pluggy.PluginManager(PROJECT)
         self._pm.add_hookspecs(hookspecs)
         self._info: dict[str, PluginInfo] = {}
+        self._lock = threading.RLock()
+        self._loading = False
         self._loaded = False
+        self._warnings: list[str] = []
 
     def plugins(self) -> list[PluginInfo]:
         """Every plugin seen, loaded or failed, built-in first."""
-        return list(self._info.values())
+        with self._lock:
+            return list(self._info.values())
 
     def load(self) -> None:
         """Register the built-in plugin and installed entry points, then fill the registries.
 
-        Safe to call more than once; only the first call does anything.
+        Safe to call more than once and from several threads: only the first call
+        works, the others wait for it. Problems are recorded on each plugin's
+        :class:`PluginInfo` first and only then issued as :class:`PluginWarning`, so
+        a warnings filter that turns them into errors (``-W error``) cannot leave
+        discovery half done: the first call raises the warning, the registries are
+        complete all the same.
         """
         if self._loaded:
             return
-        self._loaded = True
-        from backbones import _builtins
+        with self._lock:
+            if self._loaded or self._loading:  # a re-entrant call from the loading thread
+                return
+            self._loading = True
+            try:
+                from backbones import _builtins
 
-        self._register(_builtins, PluginInfo(BUILTIN, _builtins.__name__))
-        if not autoload_disabled():
-            for ep in sorted(_entry_points(), key=lambda e: e.name):
-                self._load_entry_point(ep)
-        self._fill_registries()
+                self._register(_builtins, PluginInfo(BUILTIN, _builtins.__name__))
+                if not autoload_disabled():
+                    for ep in sorted(_entry_points(), key=lambda e: e.name):
+                        self._load_entry_point(ep)
+                self._fill_registries()
+            finally:
+                self._loading = False
+                self._loaded = True
+            pending, self._warnings = self._warnings, []
+        for message in pending:
+            warnings.warn(message, PluginWarning, stacklevel=2)
+
+    def failed(self) -> list[PluginInfo]:
+        """Plugins that failed to import or to register as a plugin."""
+        return [p for p in self.plugins() if not p.loaded]
 
     # -- discovery ------------------------------------------------------------------
     def _load_entry_point(self, ep: importlib.metadata.EntryPoint) -> None:
@@ -141,8 +175,13 @@ class PluginManager:
             distribution=dist.metadata["Name"] if dist is not None else None,
             version=dist.version if dist is not None else None,
         )
-        if ep.name in self._info:
-            self._fail(info, f"another plugin is already called {ep.name!r}", loaded=False)
+        if ep.name in self._info or QUALIFIER in ep.name:
+            why = (
+                f"another plugin is already called {ep.name!r}"
+                if ep.name in self._info
+                else f"its name contains {QUALIFIER!r}, which separates a plugin from a name"
+            )
+            self._fail(info, why, loaded=False)
             return
         try:
             plugin = ep.load()
@@ -162,15 +201,11 @@ class PluginManager:
             self._fail(info, f"is not a valid plugin: {err}", loaded=False)
 
     def _fail(self, info: PluginInfo, message: str, *, loaded: bool = True) -> None:
-        self._info[info.name] = info
+        self._info.setdefault(info.name, info)
         info.loaded = info.loaded and loaded
         info.errors.append(message)
         where = f" (distribution {info.distribution} {info.version})" if info.distribution else ""
-        warnings.warn(
-            f"backbones plugin {info.name!r}{where} {message}; skipped",
-            PluginWarning,
-            stacklevel=4,
-        )
+        self._warnings.append(f"backbones plugin {info.name!r}{where} {message}; skipped")
 
     # -- contributions --------------------------------------------------------------
     def _fill_registries(self) -> None:
@@ -181,7 +216,7 @@ class PluginManager:
             "head": registry.HEADS,
             "backbone": registry.BACKBONES,
         }
-        # kind -> name -> [(info, object)]; blocks first so backbone specs can name them
+        # kind -> name -> [(info, object)]
         offers: dict[str, dict[str, list[tuple[PluginInfo, Any]]]] = {k: {} for k in targets}
         for hook_name, kind in _HOOKS.items():
             for impl in getattr(self._pm.hook, hook_name).get_hookimpls():
@@ -192,25 +227,34 @@ class PluginManager:
         for kind, by_name in offers.items():
             target = targets[kind]
             for name, claims in by_name.items():
-                if len(claims) > 1:
-                    sources = [info.source for info, _ in claims]
-                    target.add_conflict(name, sources)
-                    for info, _ in claims:
-                        info.registered.setdefault(kind, []).append(name)
-                    warnings.warn(
-                        f"{kind} {name!r} is registered by {' and '.join(sources)}; "
-                        f"neither is used until one is uninstalled",
-                        PluginWarning,
-                        stacklevel=3,
-                    )
-                    continue
-                info, obj = claims[0]
-                try:
-                    target.add(name, _as_entry(kind, name, obj), source=info.source)
-                except (TypeError, ValueError) as err:
-                    self._fail(info, f"contributed an invalid {kind} {name!r}: {err}")
-                    continue
-                info.registered.setdefault(kind, []).append(name)
+                accepted: list[PluginInfo] = []
+                for info, obj in claims:
+                    try:
+                        entry = _as_entry(kind, name, obj, info.name)
+                        target.add(
+                            name, entry, source=info.source, provider=info.name, contested_ok=True
+                        )
+                    except (TypeError, ValueError) as err:
+                        self._fail(info, f"contributed an invalid {kind} {name!r}: {err}")
+                        continue
+                    info.registered.setdefault(kind, []).append(name)
+                    accepted.append(info)
+                if len(accepted) > 1:
+                    self._record_conflict(kind, name, accepted)
+
+    def _record_conflict(self, kind: str, name: str, claimants: list[PluginInfo]) -> None:
+        picks = " or ".join(repr(f"{c.name}{QUALIFIER}{name}") for c in claimants)
+        for info in claimants:
+            others = " and ".join(c.source for c in claimants if c is not info)
+            info.conflicts.append(
+                f"{kind} {name!r} is also registered by {others}; the bare name is not "
+                f"used, pick one with {picks}"
+            )
+        self._warnings.append(
+            f"{kind} {name!r} is registered by {' and '.join(c.source for c in claimants)}; "
+            f"the bare name is not used until one is uninstalled: pick one with {picks}. "
+            f"Variants of each plugin keep using their own"
+        )
 
     def _call(
         self, function: Callable[[], object], hook_name: str, info: PluginInfo
@@ -228,7 +272,7 @@ class PluginManager:
         return result
 
 
-def _as_entry(kind: str, name: str, obj: object) -> Any:
+def _as_entry(kind: str, name: str, obj: object, provider: str) -> Any:
     """Check one contribution and turn it into what its registry stores."""
     if kind == "block":
         from backbones.registry import _check_block
@@ -239,8 +283,8 @@ def _as_entry(kind: str, name: str, obj: object) -> Any:
         from backbones.resnet import resnet_factory
         from backbones.variants import ResNetSpec
 
-        if isinstance(obj, ResNetSpec):
-            return resnet_factory(obj)
+        if isinstance(obj, ResNetSpec):  # its blocks come from its own plugin first
+            return resnet_factory(obj, provider=provider)
     if not callable(obj):
         raise TypeError(f"expected a factory (a callable), got {type(obj).__name__}")
     return obj
@@ -250,14 +294,22 @@ def _entry_points() -> list[importlib.metadata.EntryPoint]:
     return list(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP))
 
 
-@functools.cache
+_MANAGER: PluginManager | None = None
+_MANAGER_LOCK = threading.Lock()
+
+
 def get_plugin_manager() -> PluginManager:
-    """The plugin manager behind the registries, created on first use."""
-    return PluginManager()
+    """The plugin manager behind the registries, created on first use (once, under threads)."""
+    global _MANAGER
+    if _MANAGER is None:
+        with _MANAGER_LOCK:
+            if _MANAGER is None:
+                _MANAGER = PluginManager()
+    return _MANAGER
 
 
 def list_plugins() -> list[PluginInfo]:
-    """Every plugin, with its distribution, what it registered and what failed.
+    """Every plugin, with its distribution, what it registered, conflicts and failures.
 
     Example:
         >>> [p.name for p in list_plugins() if not p.failed][:1]
@@ -267,3 +319,19 @@ def list_plugins() -> list[PluginInfo]:
 
     BACKBONES.names()  # make sure discovery has run
     return get_plugin_manager().plugins()
+
+
+def failed_plugins_note() -> str:
+    """A sentence naming the plugins that failed to load and why, or "" when none did.
+
+    Unknown-name errors end with it: a name that a broken plugin would have provided
+    should point at that plugin, not at a look-alike name.
+    """
+    failed = get_plugin_manager().failed()
+    if not failed:
+        return ""
+    described = "; ".join(f"{p.source}: {' / '.join(p.errors)}" for p in failed)
+    return (
+        f"Note: {len(failed)} installed plugin{'s' if len(failed) > 1 else ''} failed to load "
+        f"and may provide it: {described}. `python -m backbones plugins` lists plugins"
+    )

@@ -10,7 +10,9 @@ This module must not build networks itself; factories do that.
 import difflib
 import fnmatch
 import os
+import threading
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from torch import nn
@@ -49,12 +51,14 @@ class UnknownNameError(KeyError, ValueError):
         kind: what was looked up ("backbone", "block", ...).
         name: the name asked for.
         suggestions: registered names close to it.
+        note: more context, e.g. plugins that failed to load and may provide the name.
     """
 
-    def __init__(self, kind: str, name: str, available: Sequence[str]) -> None:
+    def __init__(self, kind: str, name: str, available: Sequence[str], note: str = "") -> None:
         self.kind = kind
         self.name = name
         self.available = tuple(available)
+        self.note = note
         self.suggestions = difflib.get_close_matches(name, list(available), n=3, cutoff=0.6)
         message = f"unknown {kind} {name!r}"
         if self.suggestions:
@@ -64,6 +68,8 @@ class UnknownNameError(KeyError, ValueError):
         else:
             message += "."
         message += f" Accepted: {', '.join(sorted(available)) or '(none registered)'}"
+        if note:
+            message += f". {note}"
         self.message = message
         super().__init__(message)
 
@@ -71,39 +77,110 @@ class UnknownNameError(KeyError, ValueError):
         return self.message
 
     def __reduce__(self) -> tuple[Any, ...]:  # rebuild from the arguments, for pickle and copy
-        return (type(self), (self.kind, self.name, self.available))
+        return (type(self), (self.kind, self.name, self.available, self.note))
 
 
 class NameConflictError(ValueError):
     """Two sources (plugins, or a plugin and the built-ins) registered one name.
 
-    Neither entry is used: the library does not pick one silently. Uninstall one of
-    the distributions, or set ``BACKBONES_DISABLE_PLUGIN_AUTOLOAD=1``.
+    The bare name is not used: the library does not pick one silently. Each entry
+    stays reachable under its qualified name ``"<plugin>:<name>"`` (``"builtin:basic"``);
+    variants keep using the blocks of the plugin that provides them.
 
     Attributes:
         kind: "backbone", "block" or "head".
         name: the contested name.
         sources: where each registration came from.
+        qualified: the qualified names that pick one of them.
     """
 
-    def __init__(self, kind: str, name: str, sources: Sequence[str]) -> None:
-        self.kind, self.name, self.sources = kind, name, tuple(sources)
+    def __init__(
+        self, kind: str, name: str, sources: Sequence[str], qualified: Sequence[str] = ()
+    ) -> None:
+        self.kind, self.name = kind, name
+        self.sources, self.qualified = tuple(sources), tuple(qualified)
+        pick = (
+            f"Pick one explicitly ({' or '.join(repr(q) for q in self.qualified)}), uninstall "
+            if self.qualified
+            else "Uninstall "
+        )
         super().__init__(
             f"{kind} {name!r} is registered by more than one source: "
-            f"{' and '.join(self.sources)}; neither is used. Uninstall one of them, or set "
-            f"BACKBONES_DISABLE_PLUGIN_AUTOLOAD=1 to skip installed plugins"
+            f"{' and '.join(self.sources)}; the bare name is not used. {pick}one of them, "
+            f"or set BACKBONES_DISABLE_PLUGIN_AUTOLOAD=1 to skip installed plugins"
         )
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.kind, self.name, self.sources))
+        return (type(self), (self.kind, self.name, self.sources, self.qualified))
+
+
+QUALIFIER = ":"
+"""Separates a provider from a name: ``"builtin:basic"``, ``"attention:se_bottleneck"``."""
+
+BUILTIN_PROVIDER = "builtin"
+"""The provider name of the library's own entries."""
+
+RUNTIME_PROVIDER = "runtime"
+"""The provider name of entries registered in-process with ``register_*``."""
+
+
+class LoadOnce:
+    """Runs a loader once, thread-safely, however many registries share it.
+
+    The first caller runs ``fn`` while holding a lock; other threads block until it
+    has finished and then see everything it registered. A call from inside ``fn``
+    (the loader registering entries) returns at once. ``done`` turns true only when
+    ``fn`` has returned (or raised), so no thread ever sees a half-filled registry.
+    """
+
+    def __init__(self, fn: Callable[[], None]) -> None:
+        self._fn = fn
+        self._lock = threading.RLock()
+        self._running = False
+        self.done = False
+
+    def __call__(self) -> None:
+        if self.done:  # the fast path, without the lock
+            return
+        with self._lock:
+            if self.done or self._running:  # `_running` is seen only by the loading thread
+                return
+            self._running = True
+            try:
+                self._fn()
+            finally:
+                self._running = False
+                self.done = True
+
+
+@dataclass(frozen=True)
+class RegistryEntry(Generic[T]):
+    """One registration of a name.
+
+    Attributes:
+        obj: what was registered.
+        source: how messages name where it came from.
+        provider: the plugin that registered it ("builtin", an entry point's name, or
+            "runtime"); ``"<provider>:<name>"`` picks this entry when others share the name.
+    """
+
+    obj: T
+    source: str
+    provider: str
 
 
 class Registry(Generic[T]):
-    """Names mapped to objects, filled lazily by ``loader`` on first use.
+    """Names mapped to objects, filled lazily by ``loader`` on first use; safe under threads.
+
+    A name registered by more than one provider is *contested*: looking up the bare
+    name raises :class:`NameConflictError`, and ``"<provider>:<name>"`` picks one.
 
     Args:
         kind: what the registry holds, used in messages ("backbone", "block").
-        loader: called once, on first use, to register the built-in entries.
+        loader: called once, on first use, to register the built-in entries; pass one
+            :class:`LoadOnce` to several registries that one loader fills.
+        note: called when a lookup fails; returns extra context for the message (e.g.
+            plugins that failed to load), or "".
 
     Example:
         >>> reg: Registry[int] = Registry("number")
@@ -112,87 +189,179 @@ class Registry(Generic[T]):
         (1, ['one'])
     """
 
-    def __init__(self, kind: str, loader: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        kind: str,
+        loader: Callable[[], None] | None = None,
+        *,
+        note: Callable[[], str] | None = None,
+    ) -> None:
         self.kind = kind
-        self._loader = loader
-        self._entries: dict[str, T] = {}
-        self._sources: dict[str, str] = {}
-        self._conflicts: dict[str, tuple[str, ...]] = {}
-        self._loaded = loader is None
+        self._loader: LoadOnce | None = (
+            loader if isinstance(loader, LoadOnce) or loader is None else LoadOnce(loader)
+        )
+        self._note = note
+        self._lock = threading.RLock()
+        self._entries: dict[str, list[RegistryEntry[T]]] = {}
 
     def _ensure_loaded(self) -> None:
-        if not self._loaded:
-            self._loaded = True  # set first: the loader registers through add()
-            if self._loader is not None:
-                self._loader()
+        if self._loader is not None and not self._loader.done:
+            self._loader()  # outside self._lock: the loader takes it through add()
 
-    def add(self, name: str, obj: T, *, source: str) -> None:
+    def add(
+        self,
+        name: str,
+        obj: T,
+        *,
+        source: str,
+        provider: str = RUNTIME_PROVIDER,
+        contested_ok: bool = False,
+    ) -> None:
         """Register ``obj`` under ``name``.
+
+        Args:
+            name: the name; a non-empty string without ``":"``.
+            obj: what to register.
+            source: how messages name its origin.
+            provider: the plugin registering it, for ``"<provider>:<name>"`` lookups.
+            contested_ok: let a second provider claim a taken name (the plugin manager
+                does, to record a conflict); otherwise a taken name is refused.
 
         Raises:
             TypeError: ``name`` is not a non-empty string.
-            ValueError: ``name`` is taken; the message names the existing entry's source.
+            ValueError: ``name`` contains ``":"``, or is taken (and not ``contested_ok``,
+                or taken by the same provider); the message names the existing entry.
         """
         if not isinstance(name, str) or not name:
             raise TypeError(f"a {self.kind} name must be a non-empty string, got {name!r}")
-        self._ensure_loaded()
-        if name in self._conflicts:
-            raise NameConflictError(self.kind, name, (*self._conflicts[name], source))
-        if name in self._entries:
+        if QUALIFIER in name:
             raise ValueError(
-                f"{self.kind} {name!r} is already registered by {self._sources[name]}; "
-                f"refusing to replace it with one from {source}"
+                f"{self.kind} name {name!r} contains {QUALIFIER!r}, which separates a plugin "
+                f"from a name ('builtin:basic'); choose a name without it"
             )
-        self._entries[name] = obj
-        self._sources[name] = source
-
-    def add_conflict(self, name: str, sources: Sequence[str]) -> None:
-        """Record that several ``sources`` claim ``name``: looking it up then raises."""
         self._ensure_loaded()
-        self._entries.pop(name, None)
-        self._sources.pop(name, None)
-        self._conflicts[name] = tuple(sources)
+        with self._lock:
+            taken = self._entries.get(name, [])
+            same = [e for e in taken if e.provider == provider]
+            if taken and (not contested_ok or same):
+                holder = (same or taken)[0].source
+                raise ValueError(
+                    f"{self.kind} {name!r} is already registered by {holder}; "
+                    f"refusing to replace it with one from {source}"
+                )
+            self._entries[name] = [*taken, RegistryEntry(obj, source, provider)]
+
+    def remove(self, name: str) -> None:
+        """Forget every entry called ``name``, or one ``"<provider>:<name>"``; no-op if absent."""
+        self._ensure_loaded()
+        with self._lock:
+            provider, _, bare = name.rpartition(QUALIFIER)
+            kept = [e for e in self._entries.get(bare, []) if provider and e.provider != provider]
+            if kept:
+                self._entries[bare] = kept
+            else:
+                self._entries.pop(bare, None)
 
     def conflicts(self) -> dict[str, tuple[str, ...]]:
-        """Names claimed by more than one source, with those sources."""
+        """Names claimed by more than one provider, with their sources."""
         self._ensure_loaded()
-        return dict(self._conflicts)
+        with self._lock:
+            return {
+                n: tuple(e.source for e in es) for n, es in self._entries.items() if len(es) > 1
+            }
 
-    def get(self, name: str) -> T:
-        """The entry called ``name``.
+    def entry(self, name: str, *, prefer: Sequence[str] = ()) -> RegistryEntry[T]:
+        """The registration ``name`` refers to.
+
+        Args:
+            name: a bare name, or ``"<provider>:<name>"``.
+            prefer: providers whose entry wins, in order, when they have one; a variant
+                passes its own plugin (then "builtin") so another plugin's block of the
+                same name cannot replace the one it was written for.
 
         Raises:
             UnknownNameError: no such entry; the message suggests close matches.
-            NameConflictError: more than one source registered ``name``.
+            NameConflictError: several providers registered the bare ``name``.
         """
         self._ensure_loaded()
-        if isinstance(name, str):
-            if name in self._conflicts:
-                raise NameConflictError(self.kind, name, self._conflicts[name])
-            if name in self._entries:
-                return self._entries[name]
-        raise UnknownNameError(self.kind, str(name), list(self._entries))
+        with self._lock:
+            if isinstance(name, str):
+                provider, _, bare = name.rpartition(QUALIFIER)
+                entries = self._entries.get(bare, [])
+                if provider:
+                    entries = [e for e in entries if e.provider == provider]
+                else:
+                    for wanted in prefer:
+                        entries = [e for e in entries if e.provider == wanted] or entries
+                        if len(entries) == 1:
+                            break
+                if len(entries) == 1:
+                    return entries[0]
+                if entries:
+                    raise NameConflictError(
+                        self.kind,
+                        bare,
+                        [e.source for e in entries],
+                        [f"{e.provider}{QUALIFIER}{bare}" for e in entries],
+                    )
+            available = self._names_locked("*")
+            note = ""
+            if isinstance(name, str) and QUALIFIER in name and self._entries.get(bare):
+                offered = ", ".join(
+                    repr(f"{e.provider}{QUALIFIER}{bare}") for e in self._entries[bare]
+                )
+                note = f"No plugin {provider!r} provides {bare!r}; it is provided as {offered}"
+        if not note and self._note is not None:
+            note = self._note()
+        raise UnknownNameError(self.kind, str(name), available, note)
+
+    def get(self, name: str, *, prefer: Sequence[str] = ()) -> T:
+        """The object registered as ``name``; see :meth:`entry`."""
+        return self.entry(name, prefer=prefer).obj
 
     def source(self, name: str) -> str:
         """Where the entry ``name`` came from."""
-        self.get(name)
-        return self._sources[name]
+        return self.entry(name).source
+
+    def provider(self, name: str) -> str:
+        """The plugin that registered the entry ``name`` ("builtin", "runtime", ...)."""
+        return self.entry(name).provider
 
     def names(self, pattern: str = "*") -> list[str]:
-        """Sorted names matching the fnmatch ``pattern`` (``*``, ``?``, ``[seq]``)."""
+        """Sorted names matching the fnmatch ``pattern`` (``*``, ``?``, ``[seq]``).
+
+        A contested name is listed in its qualified forms (``builtin:basic``,
+        ``other:basic``); the pattern is matched against the bare name.
+        """
         self._ensure_loaded()
-        return sorted(n for n in self._entries if fnmatch.fnmatchcase(n, pattern))
+        with self._lock:
+            return self._names_locked(pattern)
+
+    def _names_locked(self, pattern: str) -> list[str]:
+        out: list[str] = []
+        for name, entries in self._entries.items():
+            if not fnmatch.fnmatchcase(name, pattern):
+                continue
+            if len(entries) == 1:
+                out.append(name)
+            else:
+                out += [f"{e.provider}{QUALIFIER}{name}" for e in entries]
+        return sorted(out)
 
     def __contains__(self, name: object) -> bool:
-        self._ensure_loaded()
-        return name in self._entries
+        if not isinstance(name, str):
+            return False
+        try:
+            self.entry(name)
+        except (UnknownNameError, NameConflictError):
+            return False
+        return True
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
 
     def __len__(self) -> int:
-        self._ensure_loaded()
-        return len(self._entries)
+        return len(self.names())
 
 
 def _load_plugins() -> None:
@@ -200,12 +369,21 @@ def _load_plugins() -> None:
     # and `import backbones` should stay cheap.
     from backbones.plugin_manager import get_plugin_manager
 
-    get_plugin_manager().load()  # idempotent, and a no-op when re-entered while loading
+    get_plugin_manager().load()
 
 
-BACKBONES: Registry[BackboneFactory] = Registry("backbone", _load_plugins)
-BLOCKS: Registry[type[nn.Module]] = Registry("block", _load_plugins)
-HEADS: Registry[HeadFactory] = Registry("head", _load_plugins)
+def _failed_plugins_note() -> str:
+    from backbones.plugin_manager import failed_plugins_note
+
+    return failed_plugins_note()
+
+
+# One loader fills all three registries: whichever is used first triggers discovery,
+# and every thread waits for all of it.
+_DISCOVERY = LoadOnce(_load_plugins)
+BACKBONES: Registry[BackboneFactory] = Registry("backbone", _DISCOVERY, note=_failed_plugins_note)
+BLOCKS: Registry[type[nn.Module]] = Registry("block", _DISCOVERY, note=_failed_plugins_note)
+HEADS: Registry[HeadFactory] = Registry("head", _DISCOVERY, note=_failed_plugins_note)
 
 
 def _source_of(obj: object) -> str:

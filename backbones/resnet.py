@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from backbones.features import FeatureInfo, FeatureLevel
 from backbones.norm import NormLayer, resolve_norm_layer
-from backbones.registry import get_block
+from backbones.registry import BLOCKS, BUILTIN_PROVIDER
 from backbones.variants import ResNetSpec
 
 __all__ = ["ResNet", "ResNetDict", "resnet_factory"]
@@ -69,6 +69,8 @@ class ResNet(nn.ModuleDict):
         zero_init_last: zero each block's last norm gamma at init.
         block: ``None`` (the spec's block), a block name, or one name per stage.
         block_kwargs: extra keyword arguments for every block, or four dicts, one per stage.
+        block_provider: the plugin that contributed ``spec``; the spec's block names
+            resolve to its blocks first, then to the built-in ones.
 
     Raises:
         ValueError, TypeError: an option is invalid; the message names it.
@@ -98,6 +100,7 @@ class ResNet(nn.ModuleDict):
         zero_init_last: bool = False,
         block: str | Sequence[str] | None = None,
         block_kwargs: dict[str, Any] | Sequence[dict[str, Any]] | None = None,
+        block_provider: str = BUILTIN_PROVIDER,
     ) -> None:
         super().__init__()
         _check_positive_int("in_chans", in_chans)
@@ -114,7 +117,7 @@ class ResNet(nn.ModuleDict):
             raise ValueError(f"drop_path_rate={drop_path_rate!r} is out of range; accepted: [0, 1)")
         stage_kwargs = _resolve_block_kwargs(block_kwargs)
         norm = resolve_norm_layer(norm_layer)
-        plans = _plan_stages(spec, _resolve_blocks(spec, block), output_stride)
+        plans = _plan_stages(spec, _resolve_blocks(spec, block, block_provider), output_stride)
 
         levels = [FeatureLevel(0, STEM_CHANNELS, 2, "act1")]
         levels += [
@@ -213,21 +216,32 @@ class ResNetDict(ResNet):
         return features
 
 
-def resnet_factory(spec: ResNetSpec) -> Callable[..., ResNet]:
-    """The registry factory for a variant: accepts every :func:`create_backbone` option."""
+def resnet_factory(spec: ResNetSpec, *, provider: str = BUILTIN_PROVIDER) -> Callable[..., ResNet]:
+    """The registry factory for a variant: accepts every :func:`create_backbone` option.
+
+    ``provider`` is the plugin that contributed ``spec``: the block names in the spec
+    resolve to that plugin's blocks first, then to the built-in ones, so another
+    plugin registering the same block name cannot change the variant.
+    """
 
     def factory(*, return_dict: bool = False, **options: Any) -> ResNet:
         _check_bool("return_dict", return_dict)
         cls = ResNetDict if return_dict else ResNet
-        return cls(spec, **options)
+        return cls(spec, block_provider=provider, **options)
 
     factory.weights = spec.weights  # type: ignore[attr-defined]  # read by create_backbone
     return factory
 
 
-def _resolve_blocks(spec: ResNetSpec, block: str | Sequence[str] | None) -> list[type[nn.Module]]:
+def _resolve_blocks(
+    spec: ResNetSpec, block: str | Sequence[str] | None, provider: str
+) -> list[type[nn.Module]]:
+    # The spec's own names prefer its plugin's blocks; names the user gives resolve as
+    # written (a contested bare name raises, "<plugin>:<name>" picks one).
+    prefer: tuple[str, ...] = ()
     if block is None:
         block = spec.block
+        prefer = (provider, BUILTIN_PROVIDER)
     if isinstance(block, str):
         names: Sequence[str] = (block,) * NUM_STAGES
     elif (
@@ -241,7 +255,7 @@ def _resolve_blocks(spec: ResNetSpec, block: str | Sequence[str] | None) -> list
             f"block={block!r} is not accepted; give one registered block name, or "
             f"{NUM_STAGES} names (one per stage), e.g. ('bottleneck',) * {NUM_STAGES}"
         )
-    return [get_block(name) for name in names]
+    return [BLOCKS.get(name, prefer=prefer) for name in names]
 
 
 def _plan_stages(

@@ -5,7 +5,10 @@ import json
 import os
 import subprocess
 import sys
+import threading
+import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
@@ -369,3 +372,128 @@ def test_package_exports():
     }
     for name in backbones.__all__:
         assert hasattr(backbones, name), name
+
+
+# -- threads -----------------------------------------------------------------------------
+
+CONCURRENT_FIRST_USE = """
+import json, threading
+import backbones
+
+N = 8
+barrier = threading.Barrier(N)
+results = [None] * N
+
+def first_use(i):
+    barrier.wait()  # every thread asks at once, in a process that has discovered nothing
+    try:
+        if i % 2:
+            bb = backbones.create_backbone("resnet18", out_indices=(1,))
+            results[i] = bb.feature_info.channels()
+        else:
+            results[i] = len(backbones.list_backbones())
+    except Exception as exc:
+        results[i] = f"{type(exc).__name__}: {exc}"
+
+threads = [threading.Thread(target=first_use, args=(i,)) for i in range(N)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+print(json.dumps(results))
+"""
+
+
+def test_threads_using_the_registry_at_once_all_see_it_complete():
+    proc = subprocess.run(
+        [sys.executable, "-c", CONCURRENT_FIRST_USE],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "BACKBONES_DISABLE_PLUGIN_AUTOLOAD": "1"},
+    )
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert results[1::2] == [[64]] * 4
+    assert results[0::2] == [len(BUILTIN_BACKBONES)] * 4
+
+
+def test_a_loader_runs_once_and_other_threads_wait_for_all_of_it():
+    calls = []
+
+    def slow_loader() -> None:
+        calls.append(1)
+        for i in range(20):
+            reg.add(f"n{i:02d}", i, source="slow")
+            time.sleep(0.005)  # other threads arrive while it is half done
+
+    reg: Registry[int] = Registry("number", slow_loader)
+    barrier = threading.Barrier(8)
+
+    def lookup() -> list[str]:
+        barrier.wait()
+        return reg.names()
+
+    with ThreadPoolExecutor(8) as pool:
+        seen = list(pool.map(lambda _: lookup(), range(8)))
+    assert calls == [1]
+    assert seen == [[f"n{i:02d}" for i in range(20)]] * 8
+
+
+def test_runtime_registration_is_thread_safe():
+    reg: Registry[int] = Registry("number")
+    barrier = threading.Barrier(8)
+
+    def register(t: int) -> int:
+        barrier.wait()
+        refused = 0
+        for i in range(200):
+            reg.add(f"t{t}_{i}", i, source=f"thread {t}")
+            reg.names()  # reading while others write must not fail
+            try:
+                reg.add("shared", t, source=f"thread {t}")
+            except ValueError:
+                refused += 1
+        return refused
+
+    with ThreadPoolExecutor(8) as pool:
+        refused = list(pool.map(register, range(8)))
+    assert len(reg) == 8 * 200 + 1
+    assert sum(refused) == 8 * 200 - 1  # "shared" was taken exactly once
+
+
+# -- contested names ---------------------------------------------------------------------
+
+
+def test_a_contested_name_raises_bare_and_resolves_qualified_or_preferred():
+    reg: Registry[int] = Registry("number")
+    reg.add("one", 1, source="first plugin", provider="first")
+    reg.add("one", 11, source="second plugin", provider="second", contested_ok=True)
+    with pytest.raises(backbones.NameConflictError) as info:
+        reg.get("one")
+    assert info.value.qualified == ("first:one", "second:one")
+    assert "first plugin and second plugin" in str(info.value)
+    assert reg.get("second:one") == 11
+    assert reg.get("one", prefer=("second", "builtin")) == 11
+    assert reg.get("one", prefer=("nobody", "first")) == 1
+    assert reg.names() == ["first:one", "second:one"]
+    assert reg.conflicts() == {"one": ("first plugin", "second plugin")}
+    assert "one" not in reg and "first:one" in reg
+    with pytest.raises(ValueError, match="'one' is already registered by second plugin"):
+        reg.add("one", 3, source="second plugin again", provider="second", contested_ok=True)
+
+
+def test_names_with_the_qualifier_are_refused():
+    reg: Registry[int] = Registry("number")
+    with pytest.raises(ValueError, match=r"'a:b' contains ':'"):
+        reg.add("a:b", 1, source="t")
+
+
+def test_remove_forgets_a_name_or_one_providers_entry():
+    reg: Registry[int] = Registry("number")
+    reg.add("x", 1, source="a", provider="a")
+    reg.add("x", 2, source="b", provider="b", contested_ok=True)
+    reg.remove("a:x")
+    assert reg.get("x") == 2
+    reg.remove("x")
+    assert reg.names() == []

@@ -117,8 +117,7 @@ def test_custom_strategy_and_bad_strategies(r18_file: Path):
         rgb = torch.load(r18_file, weights_only=True)["conv1.weight"]
         assert torch.equal(_conv1(bb), rgb[:, :1].repeat(1, 2, 1, 1))
     finally:
-        IN_CHANS_STRATEGIES._entries.pop("test_first_only", None)
-        IN_CHANS_STRATEGIES._sources.pop("test_first_only", None)
+        IN_CHANS_STRATEGIES.remove("test_first_only")
 
     with pytest.raises(UnknownNameError, match=r"unknown in_chans strategy 'repaet'.*'repeat'"):
         create_backbone("resnet18", pretrained=r18_file, in_chans=4, in_chans_strategy="repaet")

@@ -9,9 +9,12 @@ distributions that provided the backbone and its blocks. :func:`load_backbone` c
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
+
+if TYPE_CHECKING:
+    from backbones.plugin_manager import PluginInfo
 
 from backbones.weights.config import set_attributes
 from backbones.weights.sources import WeightsError, read_checkpoint
@@ -26,11 +29,17 @@ REQUIRES_KEY = "backbones.requires"
 
 
 def _provider(kind: str, name: str) -> dict[str, str | None]:
-    """Which plugin (and distribution) registered ``name`` as a ``kind``."""
+    """Which plugin (and distribution) registered ``name`` (maybe ``"<plugin>:<name>"``)."""
     from backbones.plugin_manager import list_plugins
+    from backbones.registry import BACKBONES, BLOCKS, NameConflictError, UnknownNameError
 
+    registry = BACKBONES if kind == "backbone" else BLOCKS
+    try:
+        plugin: str | None = registry.provider(name)
+    except (UnknownNameError, NameConflictError):
+        plugin = None
     for info in list_plugins():
-        if name in info.registered.get(kind, []):
+        if info.name == plugin:
             return {
                 "kind": kind,
                 "name": name,
@@ -38,7 +47,7 @@ def _provider(kind: str, name: str) -> dict[str, str | None]:
                 "distribution": info.distribution,
                 "version": info.version,
             }
-    return {"kind": kind, "name": name, "plugin": None, "distribution": None, "version": None}
+    return {"kind": kind, "name": name, "plugin": plugin, "distribution": None, "version": None}
 
 
 def _block_names(config: dict[str, Any]) -> list[str]:
@@ -107,14 +116,33 @@ def _check_requirements(requires: list[dict[str, Any]], path: Path) -> None:
         if registry is None or str(req.get("name")) in registry:
             continue
         dist = req.get("distribution")
-        where = (
-            f"the plugin distribution {dist!r} (version {req.get('version')} when saved); "
-            f"install it, e.g. pip install {dist}"
-            if dist
-            else f"code registered at runtime ({req.get('plugin') or 'not a plugin'}); "
-            f"import or register it before loading"
-        )
+        broken = _broken_plugin(str(req.get("plugin")), dist)
+        if broken is not None:
+            where = (
+                f"the plugin distribution {broken.distribution!r}, which is installed but its "
+                f"plugin failed to load ({'; '.join(broken.errors)}); fix or reinstall it"
+            )
+        elif dist:
+            where = (
+                f"the plugin distribution {dist!r} (version {req.get('version')} when saved); "
+                f"install it, e.g. pip install {dist}"
+            )
+        else:
+            where = (
+                f"code registered at runtime ({req.get('plugin') or 'not a plugin'}); "
+                f"import or register it before loading"
+            )
         raise WeightsError(f"{path}: needs {req['kind']} {req['name']!r}, provided by {where}")
+
+
+def _broken_plugin(plugin: str, distribution: object) -> "PluginInfo | None":
+    """The installed plugin that failed to load and would provide a requirement, if any."""
+    from backbones.plugin_manager import get_plugin_manager
+
+    for info in get_plugin_manager().failed():
+        if info.name == plugin or (distribution and info.distribution == distribution):
+            return info
+    return None
 
 
 def load_backbone(path: str | os.PathLike[str], **overrides: Any) -> nn.Module:
