@@ -8,7 +8,9 @@ module in the ``backbones`` entry-point group::
     my_blocks = "my_blocks.plugin"
 
 Each hook returns a dict of contributions, ``{name: object}``; it must not touch
-the registries itself. The built-in blocks, heads and backbones come in through
+the registries itself. Names must not contain ``":"``: ``"<plugin>:<name>"`` (the
+entry point's name, ``builtin`` for the library's own) picks one provider of a name
+that several plugins register. The built-in blocks, heads and backbones come in through
 these same hooks.
 
 This module only specifies; the plugin manager calls the hooks.
@@ -79,7 +81,9 @@ def backbones_register_backbones() -> "dict[str, Callable[..., nn.Module] | ResN
     A value is either
 
     - a :class:`backbones.ResNetSpec`: a variant of the built-in trunk, whose
-      ``block`` may name a block from any plugin; or
+      ``block`` may name a block from any plugin. Its names resolve to this plugin's
+      blocks first, then to the built-in ones, then to any other plugin's; write
+      ``"<plugin>:<name>"`` to pin one; or
     - a factory honouring the feature contract: called with every option of
       :func:`backbones.create_backbone` as a keyword argument, it returns an
       ``nn.Module`` whose forward returns the feature maps its ``feature_info``
