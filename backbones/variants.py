@@ -62,7 +62,6 @@ def _timm(hub_id: str, *, size: int = 224, crop_pct: float = 0.875) -> Pretraine
         input_size=(3, size, size),
         interpolation="bicubic",
         crop_pct=crop_pct,
-        first_conv="conv1.0" if hub_id.split(".")[0].endswith("d") else "conv1",
     )
 
 

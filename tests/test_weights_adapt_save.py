@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +20,7 @@ from backbones import UnknownNameError, create_backbone
 from backbones.weights import (
     IN_CHANS_STRATEGIES,
     WeightsError,
+    WeightsLoadError,
     adapt_first_conv,
     load_backbone,
     register_in_chans_strategy,
@@ -262,3 +264,223 @@ def test_importing_backbones_does_not_import_the_weight_libraries():
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+# --- options of the wrong type name the option --------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("pretrained_format", 5),
+        ("in_chans_strategy", 5),
+        ("in_chans_strategy", {"a": 1}),
+        ("pretrained_cfg_overlay", "x"),
+        ("pretrained_cfg_overlay", [1]),
+        ("pretrained_sha256", 5),
+        ("pretrained_sha256", None),
+        ("pretrained_strict", "no"),
+        ("pretrained_strict", 0),
+    ],
+)
+def test_weights_option_of_the_wrong_type_names_it(r18_file: Path, option: str, value: object):
+    with pytest.raises(TypeError, match=rf"^{option} must be .*got {re.escape(repr(value))}"):
+        create_backbone("resnet18", pretrained=r18_file, out_indices=(1,), **{option: value})
+
+
+def test_load_pretrained_checks_its_own_option_names(r18_file: Path):
+    from backbones.weights import load_pretrained
+
+    bb = create_backbone("resnet18", out_indices=(1,))
+    with pytest.raises(TypeError, match=r"^strict must be True or False, got 'no'"):
+        load_pretrained(bb, r18_file, strict="no")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"^sha256 must be a string"):
+        load_pretrained(bb, r18_file, sha256=None)  # type: ignore[arg-type]
+
+
+# --- pretrained= in other libraries' spellings --------------------------------------------
+
+
+@pytest.fixture
+def fetched(monkeypatch) -> list[str]:
+    """The sources ``create_backbone`` would load, without loading them."""
+    sources: list[str] = []
+
+    def fake_load(model, source, **options):
+        sources.append(source)
+        return "report"
+
+    monkeypatch.setattr(pretrained_module, "load_pretrained", fake_load)
+    monkeypatch.setattr(pretrained_module, "hub_preprocessing", lambda spec: {})
+    return sources
+
+
+def test_timm_model_dot_tag_is_accepted_for_this_backbone(fetched: list[str]):
+    bb = create_backbone("resnet50", pretrained="resnet50.a1_in1k")
+    assert fetched == ["hf-hub:timm/resnet50.a1_in1k"]
+    assert bb.pretrained_cfg["tag"] == "a1_in1k"
+
+
+@pytest.mark.parametrize(
+    ("pretrained", "expected"),
+    [
+        (
+            "resnet101.a1_in1k",
+            r"names weights of 'resnet101' \(timm's '<model>.<tag>' spelling\), not of "
+            r"'resnet50'.*: pretrained='a1_in1k' for 'resnet50' with 'a1_in1k' weights; for "
+            r"the weights of 'resnet101', create_backbone\('resnet101', pretrained='<tag>'\)",
+        ),
+        ("resnet50.a2_in1k", r"^pretrained='resnet50.a2_in1k': 'resnet50' has no weights tag"),
+        ("resnet26d.ra2_in1k", r"names weights of 'resnet26d'.*picks the weights\. Tags"),
+        (
+            "IMAGENET1K_V2",
+            r"torchvision's weights enum name; here those weights are the tag "
+            r"'tv2_in1k': pretrained='tv2_in1k'",
+        ),
+        ("IMAGENET1K_V1", r"the tag 'tv_in1k': pretrained='tv_in1k'"),
+        ("DEFAULT", r"the tag 'tv2_in1k': pretrained=True"),
+    ],
+)
+def test_other_libraries_weight_names_get_an_error_naming_our_form(
+    fetched: list[str], pretrained: str, expected: str
+):
+    with pytest.raises(WeightsError, match=expected) as info:
+        create_backbone("resnet50", pretrained=pretrained)
+    assert "Tags of 'resnet50': tv2_in1k, tv_in1k, a1_in1k" in str(info.value)
+    assert fetched == []
+
+
+def test_a_missing_file_with_a_weights_suffix_is_still_a_missing_file(fetched: list[str]):
+    create_backbone("resnet50", pretrained="resnet50.pth")  # resolve_source says "no such file"
+    assert fetched == ["resnet50.pth"]
+
+
+# --- load_backbone: damaged metadata, shape-changing overrides ---------------------------
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory) -> Path:
+    bb = create_backbone("resnet18", out_indices=(1,))
+    return save_backbone(bb, tmp_path_factory.mktemp("saved") / "bb.safetensors")
+
+
+def _with_metadata(saved: Path, path: Path, **changes: str | None) -> Path:
+    with safe_open(str(saved), framework="pt") as f:
+        metadata = dict(f.metadata())
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    for key, value in changes.items():
+        key = "backbones." + key
+        if value is None:
+            metadata.pop(key)
+        else:
+            metadata[key] = value
+    save_file(tensors, str(path), metadata=metadata)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        ({"config": "{not json"}, r"metadata entry 'backbones.config' is not valid JSON"),
+        ({"config": '{"out_indices": [1]}'}, r"entry 'backbones.config' has no backbone 'name'"),
+        ({"config": '["resnet18"]'}, r"entry 'backbones.config' must hold a JSON object, got list"),
+        ({"config": '{"name": 5}'}, r"entry 'backbones.config' has no backbone 'name'"),
+        ({"requires": "nope"}, r"metadata entry 'backbones.requires' is not valid JSON"),
+        ({"requires": '{"a": 1}'}, r"entry 'backbones.requires' must hold a JSON array, got dict"),
+        ({"requires": "[1, 2]"}, r"entry 'backbones.requires' must be a list of"),
+        ({"pretrained_cfg": "[]"}, r"entry 'backbones.pretrained_cfg' must hold a JSON object"),
+        (
+            {"config": '{"name": "resnet18", "out_indices": "x"}'},
+            r"the options in metadata entry 'backbones.config' do not build a backbone",
+        ),
+    ],
+)
+def test_load_backbone_names_the_file_and_the_damaged_entry(
+    tmp_path: Path, saved: Path, changes: dict, expected: str
+):
+    path = _with_metadata(saved, tmp_path / "edited.safetensors", **changes)
+    with pytest.raises(WeightsError, match=expected) as info:
+        load_backbone(path)
+    assert str(info.value).startswith(f"{path}: ")
+
+
+def test_load_backbone_refuses_an_override_that_changes_the_input_conv(saved: Path):
+    with pytest.raises(WeightsLoadError) as info:
+        load_backbone(saved, in_chans=4)
+    assert info.value.report.mismatched == [("conv1.weight", (64, 4, 7, 7), (64, 3, 7, 7))]
+    assert info.value.report.adapted == []
+    assert load_backbone(saved, frozen_stages=1).pretrained_report.ok  # shapes unchanged
+
+
+# --- save_backbone: missing folder, interrupted and concurrent saves -------------------
+
+
+def test_save_backbone_into_a_missing_folder_names_it(tmp_path: Path):
+    bb = create_backbone("resnet18", out_indices=(1,))
+    with pytest.raises(WeightsError, match=rf"the folder {re.escape(str(tmp_path / 'no'))} does"):
+        save_backbone(bb, tmp_path / "no" / "bb.safetensors")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_interrupted_save_leaves_nothing_behind(tmp_path: Path, monkeypatch):
+    import safetensors.torch
+
+    def fail_midway(tensors, filename, metadata=None):
+        Path(filename).write_bytes(b"half a file")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(safetensors.torch, "save_file", fail_midway)
+    bb = create_backbone("resnet18", out_indices=(1,))
+    with pytest.raises(KeyboardInterrupt):
+        save_backbone(bb, tmp_path / "bb.safetensors")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_concurrent_saves_to_one_path_each_write_a_whole_file(tmp_path: Path):
+    import threading
+
+    models = [create_backbone("resnet18", out_indices=(1,)) for _ in range(2)]
+    target = tmp_path / "bb.safetensors"
+    start = threading.Barrier(8)
+    errors: list[BaseException] = []
+
+    def save(i: int) -> None:
+        start.wait()
+        try:
+            save_backbone(models[i % 2], target)
+        except BaseException as err:
+            errors.append(err)
+
+    threads = [threading.Thread(target=save, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert errors == []
+    assert [p.name for p in tmp_path.iterdir()] == ["bb.safetensors"]
+    loaded = load_backbone(target).state_dict()
+    assert any(all(torch.equal(v, m.state_dict()[k]) for k, v in loaded.items()) for m in models)
+
+
+# --- pretrained_cfg: first_conv from the model, timm's pool_size ------------------------
+
+
+@pytest.mark.parametrize("name", ["ecaresnet50d", "resnet50d", "resnet50", "resnet101d"])
+def test_pretrained_cfg_first_conv_and_pool_size_match_timm(name: str):
+    ours = create_backbone(name).pretrained_cfg
+    theirs = timm.create_model(name, pretrained=False).pretrained_cfg
+    assert ours["first_conv"] == theirs["first_conv"]
+    assert ours["pool_size"] == theirs["pool_size"]
+    assert ours["input_size"] == theirs["input_size"]
+    if name == "ecaresnet50d":
+        assert ours["first_conv"] == "conv1.0"
+    if name == "resnet101d":
+        assert ours["pool_size"] == (8, 8)
+
+
+def test_pool_size_follows_the_input_size_and_timm_still_resolves_the_data_config():
+    bb = create_backbone("resnet18", pretrained_cfg_overlay={"input_size": (3, 160, 160)})
+    assert bb.pretrained_cfg["pool_size"] == (7, 7)  # an overlay replaces values as given
+    assert resolve_data_config(model=bb)["input_size"] == (3, 160, 160)
+    assert create_backbone("resnet18", in_chans=1).pretrained_cfg["pool_size"] == (7, 7)
+    assert create_backbone("resnet50d").pretrained_cfg["pool_size"] == (7, 7)

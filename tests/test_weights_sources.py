@@ -13,8 +13,12 @@ import hashlib
 import io
 import json
 import logging
+import os
 import re
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -30,7 +34,13 @@ from torchvision.models._utils import IntermediateLayerGetter
 
 from backbones import create_backbone
 from backbones.weights.loading import LoadReport, load_pretrained
-from backbones.weights.sources import WeightsError, read_checkpoint, resolve_source, sha256_of
+from backbones.weights.sources import (
+    WeightsError,
+    read_checkpoint,
+    resolve_source,
+    sha256_of,
+    url_cache_path,
+)
 
 SIZE = 32
 OUT_INDICES = (1, 2)
@@ -264,6 +274,50 @@ def test_garbage_pth_names_the_file(tmp_path: Path, data: bytes) -> None:
         build(path)
 
 
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors", ".bin"])
+def test_empty_file_says_it_is_empty(tmp_path: Path, suffix: str) -> None:
+    path = tmp_path / f"r18{suffix}"
+    path.write_bytes(b"")
+    with pytest.raises(WeightsError) as info:
+        build(path)
+    assert str(info.value) == f"{path}: not a weights file: it is an empty file (0 bytes)"
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        pytest.param(
+            "<!DOCTYPE html>\n<html><body>Access denied</body></html>\n",
+            "'<!DOCTYPE html>'",
+            id="html",
+        ),
+        pytest.param(
+            "hello, these are not weights\n" * 3, "'hello, these are not weights'", id="text"
+        ),
+    ],
+)
+def test_text_file_says_it_starts_with_text(
+    tmp_path: Path, suffix: str, text: str, shown: str
+) -> None:
+    path = tmp_path / f"r18{suffix}"
+    path.write_text(text)
+    with pytest.raises(WeightsError) as info:
+        build(path)
+    assert str(info.value) == f"{path}: not a weights file: it starts with text {shown}"
+
+
+def test_git_lfs_pointer_says_so(tmp_path: Path) -> None:
+    path = tmp_path / "r18.pth"
+    path.write_text(
+        "version https://git-lfs.github.com/spec/v1\n"
+        "oid sha256:4d7a214614ab2935c943f9e0c1b0b44e5d3c2f4b0f8a2b6d2c51f0b3e9f1a2b3\n"
+        "size 46830571\n"
+    )
+    with pytest.raises(WeightsError, match=r"it is a Git LFS pointer.*git lfs pull"):
+        build(path)
+
+
 def test_missing_file_lists_the_accepted_forms(tmp_path: Path) -> None:
     path = tmp_path / "nowhere" / "r18.pth"
     with pytest.raises(WeightsError, match=r"no such file") as info:
@@ -300,7 +354,8 @@ class Server:
 def server(tmp_path: Path) -> Iterator[Server]:
     """Serves ``tmp_path/www``; ``/truncated/<name>`` sends half of ``<name>``, then closes.
 
-    ``/chunked/<name>`` sends a chunked response whose first chunk is cut short.
+    ``/chunked/<name>`` sends a chunked response whose first chunk is cut short;
+    ``/slow/<name>`` waits 0.3 s, then sends ``<name>`` (so concurrent clients overlap).
     """
     root = tmp_path / "www"
     root.mkdir()
@@ -320,6 +375,9 @@ def server(tmp_path: Path) -> Iterator[Server]:
         def do_GET(self) -> None:
             hits[self.path] += 1
             kind, _, name = self.path.lstrip("/").partition("/")
+            if kind == "slow":
+                time.sleep(0.3)
+                self.path = "/" + name
             if kind in ("truncated", "chunked"):
                 data = (root / name).read_bytes()
                 self.send_response(200)
@@ -358,8 +416,10 @@ def checkpoints(tmp_path: Path) -> Iterator[Path]:
 
 
 def cached(checkpoints: Path) -> list[str]:
-    """Every file in the cache, temporary ``.partial`` files included."""
-    return sorted(p.name for p in checkpoints.iterdir()) if checkpoints.exists() else []
+    """Every file and folder in the cache, temporary files included, relative to it."""
+    if not checkpoints.exists():
+        return []
+    return sorted(str(p.relative_to(checkpoints)) for p in checkpoints.rglob("*"))
 
 
 def test_url_with_hash_in_name_downloads_once_into_the_hub_cache(
@@ -412,13 +472,14 @@ def test_url_without_hash_uses_the_explicit_sha256(
     bb = build(url, pretrained_sha256=pth_sha)
     assert_matches(bb, image, reference)
     assert bb.pretrained_cfg["sha256"] == pth_sha
-    assert cached(checkpoints) == ["r18.pth"]
+    entry = url_cache_path(url).relative_to(checkpoints)
+    assert cached(checkpoints) == [str(entry.parent), str(entry)]
 
     other = server.put("other.pth", pth_bytes)
     wrong = ("0" if pth_sha[0] != "0" else "1") * 64
     with pytest.raises(WeightsError, match=rf"sha256 does not start with '{wrong}'"):
         build(other, pretrained_sha256=wrong)
-    assert cached(checkpoints) == ["r18.pth"]
+    assert cached(checkpoints) == [str(entry.parent), str(entry)]
 
 
 def test_truncated_download_never_reaches_the_cache(
@@ -647,3 +708,165 @@ def test_hf_hub_malformed_repo(spec: str) -> None:
     with pytest.raises(WeightsError, match=r"expected 'hf-hub:<owner>/<name>'") as info:
         build(f"hf-hub:{spec}")
     assert f"'hf-hub:{spec}' is not a hub repository" in str(info.value)
+
+
+# --- 6. the URL cache: threads, distinct URLs, damaged entries ----------------------------
+
+
+def _small_weights(value: float) -> bytes:
+    buffer = io.BytesIO()
+    torch.save({"w": torch.full((4,), value)}, buffer)
+    return buffer.getvalue()
+
+
+def test_threads_fetching_one_url_all_get_the_whole_file_and_leave_no_temporaries(
+    server: Server, checkpoints: Path
+) -> None:
+    data = _small_weights(1.0)
+    server.put("model.pth", data)
+    url = f"{server.url}/slow/model.pth"  # slow: every thread asks before any has the file
+    start = threading.Barrier(8)
+    results: list[bytes] = []
+    errors: list[BaseException] = []
+
+    def fetch() -> None:
+        start.wait()
+        try:
+            results.append(resolve_source(url, progress=False).read_bytes())
+        except BaseException as err:
+            errors.append(err)
+
+    threads = [threading.Thread(target=fetch) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert errors == []
+    assert results == [data] * 8
+    assert server.hits == {"/slow/model.pth": 1}, "one download, shared by the threads"
+    entry = url_cache_path(url).relative_to(checkpoints)
+    assert cached(checkpoints) == [str(entry.parent), str(entry)]
+
+
+def test_two_urls_with_one_file_name_never_share_a_cache_entry(
+    server: Server, checkpoints: Path, state: dict[str, Tensor]
+) -> None:
+    (server.root / "v1").mkdir()
+    (server.root / "v2").mkdir()
+    flipped = dict(state, **{"conv1.weight": -state["conv1.weight"]})
+    for folder, weights in (("v1", state), ("v2", flipped)):
+        torch.save(weights, server.root / folder / "model.pth")
+    v1, v2 = f"{server.url}/v1/model.pth", f"{server.url}/v2/model.pth"
+
+    assert torch.equal(build(v1).conv1.weight, state["conv1.weight"])
+    assert torch.equal(build(v2).conv1.weight, flipped["conv1.weight"])
+    assert torch.equal(build(v1).conv1.weight, state["conv1.weight"])  # from the cache
+    assert server.hits == {"/v1/model.pth": 1, "/v2/model.pth": 1}
+    assert url_cache_path(v1) != url_cache_path(v2)
+    assert url_cache_path(v1).name == url_cache_path(v2).name == "model.pth"
+    assert len([p for p in checkpoints.rglob("*") if p.is_file()]) == 2
+
+
+def test_a_file_name_with_a_hash_keeps_torchvisions_cache_name(checkpoints: Path) -> None:
+    url = "https://download.pytorch.org/models/resnet50-0676ba61.pth"
+    assert url_cache_path(url) == checkpoints / "resnet50-0676ba61.pth"
+    other = url_cache_path("https://example.org/a/model.pth")
+    assert other.parent.parent == checkpoints and other.parent.name.startswith("url-")
+
+
+def test_damaged_cached_file_without_a_hash_is_downloaded_again(
+    server: Server,
+    checkpoints: Path,
+    pth_bytes: bytes,
+    image: Tensor,
+    reference: list[Tensor],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    url = server.put("r18.pth", pth_bytes)
+    entry = url_cache_path(url)
+    entry.parent.mkdir(parents=True)
+    entry.write_bytes(pth_bytes[: len(pth_bytes) // 3])  # a damaged copy in the cache
+
+    with caplog.at_level(logging.WARNING, logger="backbones.weights"):
+        bb = build(url)
+    assert_matches(bb, image, reference)
+    assert server.hits == {"/r18.pth": 1}
+    assert entry.read_bytes() == pth_bytes
+    assert any("does not read as weights" in r.getMessage() for r in caplog.records)
+    assert_matches(build(url), image, reference)
+    assert server.hits == {"/r18.pth": 1}
+
+
+# --- 7. the hub: invalid ids before any request, an unreachable hub in seconds -----------
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.parametrize("repo", ["some one/r18", "someone/r18..v2", "some--one/r18", "a/b.git"])
+def test_invalid_hub_repo_id_fails_before_any_request(
+    monkeypatch: pytest.MonkeyPatch, repo: str
+) -> None:
+    import huggingface_hub
+
+    calls: list[object] = []
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda *a, **k: calls.append(a))
+    with pytest.raises(WeightsError, match=r"is not a hub repository") as info:
+        build(f"hf-hub:{repo}")
+    assert repo in str(info.value)
+    assert calls == [], "the hub client was called with an invalid repository id"
+
+
+def test_unreachable_hub_fails_within_seconds_and_names_hf_hub_offline(tmp_path: Path) -> None:
+    code = (
+        "import time\n"
+        "from backbones import create_backbone\n"
+        "from backbones.weights import WeightsError\n"
+        "start = time.monotonic()\n"
+        "try:\n"
+        "    create_backbone('resnet18', pretrained='hf-hub:someone/missing-r18')\n"
+        "except WeightsError as err:\n"
+        "    print(f'{time.monotonic() - start:.1f}')\n"
+        "    print(err)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING"))}
+    env |= {"HF_ENDPOINT": f"http://127.0.0.1:{_closed_port()}", "HF_HOME": str(tmp_path)}
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    seconds, message = result.stdout.split("\n", 1)
+    assert float(seconds) < 15, f"took {seconds} s"
+    assert "HF_HUB_OFFLINE=1" in message
+    assert "hf-hub:someone/missing-r18" in message and "cannot be reached" in message
+    assert "Retrying" not in result.stderr
+
+
+def test_unreachable_hub_still_loads_cached_files(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    state: dict[str, Tensor],
+    image: Tensor,
+    reference: list[Tensor],
+) -> None:
+    import huggingface_hub.constants as hf_constants
+
+    cache = tmp_path / "hf-cache"
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(hf_constants, "ENDPOINT", f"http://127.0.0.1:{_closed_port()}")
+    monkeypatch.setattr(
+        hf_constants,
+        "HUGGINGFACE_CO_URL_TEMPLATE",
+        hf_constants.ENDPOINT + "/{repo_id}/resolve/{revision}/{filename}",
+    )
+    fake_repo(cache, "someone/old-r18", "main", COMMIT_MAIN, {"pytorch_model.bin": state})
+    start = time.monotonic()
+    bb = build("hf-hub:someone/old-r18")
+    assert time.monotonic() - start < 10
+    assert_matches(bb, image, reference)

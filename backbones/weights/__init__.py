@@ -6,7 +6,7 @@
 * :mod:`.in_chans`: strategies for ``in_chans != 3`` (repeat, mean, zeros, channel maps).
 * :mod:`.config`: :class:`PretrainedCfg`, the variants' published weights and pre-processing.
 * :mod:`.saving`: :func:`save_backbone` / :func:`load_backbone`.
-* :mod:`.convert`: one-time conversion (detectron2 ``.pkl``) to safetensors.
+* :mod:`.convert`: one-time conversion (detectron2 ``.pkl``, detectors, ...) to our names.
 """
 
 from backbones.weights.config import PretrainedCfg

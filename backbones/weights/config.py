@@ -35,7 +35,9 @@ class PretrainedCfg:
         mean: per-channel mean subtracted from [0, 1] images.
         std: per-channel standard deviation they are divided by.
         num_classes: classes of the checkpoint's classifier (dropped when loading).
-        first_conv: the input convolution's module name, for ``in_chans`` adaptation.
+        first_conv: the input convolution's module name, for ``in_chans`` adaptation;
+            ``create_backbone`` sets it from the built model (``conv1``, or ``conv1.0``
+            for a deep stem), so a row need not give it.
         classifier: the classifier's module name; its keys are dropped knowingly.
     """
 
@@ -61,9 +63,15 @@ class PretrainedCfg:
         """What ``pretrained=True`` fetches: the URL, else ``hf-hub:<id>``."""
         return self.url or (f"hf-hub:{self.hf_hub_id}" if self.hf_hub_id else "")
 
+    @property
+    def pool_size(self) -> tuple[int, int]:
+        """The last feature map's size at ``input_size`` (stride 32): (7, 7) at 224."""
+        _, height, width = self.input_size
+        return (-(-height // 32), -(-width // 32))
+
     def to_dict(self) -> dict[str, Any]:
-        """timm-style keys (``input_size``, ``mean``, ``std``, ``crop_pct``, ...)."""
-        return asdict(self)
+        """timm-style keys (``input_size``, ``pool_size``, ``mean``, ``std``, ``crop_pct``, ...)."""
+        return {**asdict(self), "pool_size": self.pool_size}
 
     def for_in_chans(self, in_chans: int, sources: Sequence[int] | None = None) -> "PretrainedCfg":
         """This cfg for an ``in_chans``-channel model; see :func:`channel_stats`."""

@@ -11,7 +11,7 @@ Our names: ``conv1``, ``bn1``, ``layer1..4.<i>.conv1..3 / bn1..3 / downsample.0.
 """
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +23,7 @@ __all__ = [
     "check_format",
     "detect_format",
     "extract_state_dict",
+    "strip_outer_prefix",
     "to_our_names",
 ]
 
@@ -148,14 +149,17 @@ def detect_format(checkpoint: Mapping[str, Any]) -> str:
     """The name of the format ``checkpoint`` (a loaded file) is in, from its keys.
 
     Lightning is recognised by its version entry, detectron2 by ``res2..res5`` /
-    ``stem.conv1`` names, mmdet-style by ``backbone.`` keys or a ``meta`` entry; anything
-    else is read as torchvision/timm names.
+    ``stem.conv1`` names, a torchvision detector (``backbone.body.`` keys, as
+    ``fasterrcnn_resnet50_fpn`` writes) as torchvision, mmdet-style by other
+    ``backbone.`` keys or a ``meta`` entry; anything else is read as torchvision/timm names.
     """
     if "pytorch-lightning_version" in checkpoint or "lightning_version" in checkpoint:
         return "lightning"
     keys = list(_unwrap(checkpoint, ("model", "state_dict")))
     if any(re.search(r"(^|\.)(res[2-5]\.\d+\.conv1|stem\.conv1)\.", k) for k in keys):
         return "detectron2"
+    if "meta" not in checkpoint and any(k.startswith("backbone.body.") for k in keys):
+        return "torchvision"  # its `backbone.body.` prefix is cut by strip_outer_prefix
     if "meta" in checkpoint or any(k.startswith("backbone.") for k in keys):
         return "mmdet"
     if "state_dict_ema" in checkpoint:
@@ -211,3 +215,45 @@ def to_our_names(
         return extract_state_dict(checkpoint, fmt), fmt
     except ValueError as err:
         raise WeightsError(f"{where}: {err} (format {fmt.name!r})") from None
+
+
+# Keys every ResNet here has, whatever its stem and block: where a checkpoint's backbone
+# starts when no model is at hand to compare with (conversion).
+RESNET_ANCHOR_KEYS = (
+    "layer1.0.conv1.weight",
+    "layer1.0.bn1.weight",
+    "layer1.0.bn1.bias",
+    "layer1.0.bn1.running_mean",
+    "layer1.0.bn1.running_var",
+    "layer1.0.conv2.weight",
+    "layer1.0.bn2.weight",
+)
+
+
+def strip_outer_prefix(
+    state: Mapping[str, Any], ours: Iterable[str] = RESNET_ANCHOR_KEYS
+) -> tuple[dict[str, Any], dict[str, list[str]]]:
+    """If the backbone sits inside a bigger model (``body.``, ``model.encoder.``), cut it out.
+
+    Args:
+        state: the checkpoint's weights, after the format's prefixes and renames.
+        ours: our key names: the model's state dict keys when loading, or
+            :data:`RESNET_ANCHOR_KEYS` when converting without a model.
+
+    Returns:
+        The backbone's part, and the keys outside it (the rest of the model, e.g. a
+        detector's FPN and heads) by reason, which are dropped knowingly.
+    """
+    ours = list(ours)
+    anchor = next((k for k in ours if k.endswith("weight")), None)
+    if anchor is None or any(k in state for k in ours):
+        return dict(state), {}
+    candidates = {k[: -len(anchor)] for k in state if k.endswith("." + anchor)}
+    if not candidates:
+        return dict(state), {}
+    # "body.layer1.0.conv1.weight" also ends with "conv1.weight": take the prefix that
+    # puts the most of our keys in place.
+    prefix = max(sorted(candidates), key=lambda p: sum(p + k in state for k in ours))
+    inside = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+    outside = [k for k in state if not k.startswith(prefix)]
+    return inside, ({f"outside {prefix!r}": outside} if outside else {})

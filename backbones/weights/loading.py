@@ -10,18 +10,24 @@ separately from real problems (missing, unexpected, shape-mismatched keys).
 import logging
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
-from backbones.weights.formats import check_format, to_our_names
-from backbones.weights.in_chans import adapt_first_conv
-from backbones.weights.sources import WeightsError, read_checkpoint, resolve_source
+from backbones.weights.formats import FORMATS, check_format, strip_outer_prefix, to_our_names
+from backbones.weights.in_chans import IN_CHANS_STRATEGIES, adapt_first_conv
+from backbones.weights.sources import WeightsError, read_source
 
-__all__ = ["LoadReport", "WeightsLoadError", "load_pretrained", "load_state_dict_into"]
+__all__ = [
+    "LoadReport",
+    "WeightsLoadError",
+    "check_load_options",
+    "load_pretrained",
+    "load_state_dict_into",
+]
 
 log = logging.getLogger("backbones.weights")
 
@@ -83,12 +89,100 @@ class WeightsLoadError(WeightsError):
         report: the full :class:`LoadReport`.
     """
 
-    def __init__(self, report: LoadReport) -> None:
+    def __init__(self, report: LoadReport, expected: int = 0, hint: str = "") -> None:
         self.report = report
         super().__init__(
-            f"weights do not fit the backbone; nothing was loaded:\n{report}\n"
+            f"{_headline(report, expected, hint)}; nothing was loaded:\n{report}\n"
             f"Pass pretrained_strict=False to load what fits, or pretrained_format= "
             f"if the format was misdetected."
+        )
+
+
+def _headline(report: LoadReport, expected: int, hint: str) -> str:
+    """The first line: a different architecture when most tensors do not fit."""
+    wrong = len(report.missing) + len(report.mismatched)
+    if not expected or 2 * wrong <= expected:
+        return "weights do not fit the backbone"
+    example = ""
+    if report.mismatched:
+        key, ours, theirs = report.mismatched[0]
+        example = f"; e.g. {key}: backbone {ours}, checkpoint {theirs}"
+    elif report.missing:
+        example = f"; e.g. {report.missing[0]} is not in the checkpoint"
+    return (
+        f"these weights are for a different architecture: {wrong} of the backbone's "
+        f"{expected} tensors are missing from the checkpoint or have other shapes "
+        f"({len(report.mismatched)} other shapes, {len(report.missing)} missing)"
+        f"{hint}{example}"
+    )
+
+
+def _blocks_per_stage(keys: Iterable[str]) -> tuple[int, ...]:
+    """Blocks in layer1..layer4 from ``layer<s>.<i>.`` key names (0 for a stage not there)."""
+    counts = [0, 0, 0, 0]
+    for key in keys:
+        match = re.match(r"layer([1-4])\.(\d+)\.", key)
+        if match:
+            stage = int(match[1]) - 1
+            counts[stage] = max(counts[stage], int(match[2]) + 1)
+    return tuple(counts)
+
+
+def _stages_hint(ours: Iterable[str], theirs: Iterable[str]) -> str:
+    """ ", the checkpoint has 2, 2, 2, 2 blocks per stage, the backbone 3, 4, 6, 3" or ""."""
+    mine, other = _blocks_per_stage(ours), _blocks_per_stage(theirs)
+    built = [i for i, n in enumerate(mine) if n]  # stages cut by out_indices do not count
+    if not built or all(mine[i] == other[i] for i in built):
+        return ""
+    show = ", ".join
+    return (
+        f"; the checkpoint has {show(str(other[i]) for i in built)} blocks in "
+        f"{show(f'layer{i + 1}' for i in built)}, the backbone "
+        f"{show(str(mine[i]) for i in built)}"
+    )
+
+
+def check_load_options(
+    *,
+    strict: object,
+    format: object,
+    in_chans_strategy: object,
+    sha256: object,
+    prefix: str = "",
+) -> None:
+    """Raise TypeError unless the loading options have their documented types.
+
+    Args:
+        strict, format, in_chans_strategy, sha256: as :func:`load_pretrained` takes them.
+        prefix: how the caller spells the options (``"pretrained_"`` for
+            ``create_backbone``'s ``pretrained_strict``, ...), so messages name what the
+            user wrote.
+
+    Raises:
+        TypeError: an option of the wrong type; the message names it, the value and
+            what is accepted.
+    """
+    if not isinstance(strict, bool):
+        raise TypeError(
+            f"{prefix}strict must be True or False, got {strict!r} ({type(strict).__name__})"
+        )
+    if format is not None and not isinstance(format, str):
+        raise TypeError(
+            f"{prefix}format must be None (detect the format) or one of "
+            f"{', '.join(map(repr, FORMATS))}, got {format!r} ({type(format).__name__})"
+        )
+    if not isinstance(sha256, str):
+        raise TypeError(
+            f"{prefix}sha256 must be a string: the file's sha256 in hex (8 to 64 digits), "
+            f"or '' for no check; got {sha256!r} ({type(sha256).__name__})"
+        )
+    if not isinstance(in_chans_strategy, str | list | tuple):
+        names = ", ".join(map(repr, IN_CHANS_STRATEGIES))
+        raise TypeError(
+            f"in_chans_strategy must be a strategy name ({names}"
+            f" or one registered with register_in_chans_strategy) or a channel map, a tuple "
+            f"with one entry per input channel (a source channel 0..2, or None for zeros), "
+            f"e.g. (0, 1, 2, 0); got {in_chans_strategy!r} ({type(in_chans_strategy).__name__})"
         )
 
 
@@ -115,11 +209,14 @@ def load_state_dict_into(
     first_conv: str = "conv1",
     drop: Sequence[str] = (),
     dropped: Mapping[str, list[str]] | None = None,
+    adapt_in_chans: bool = True,
 ) -> LoadReport:
     """Load ``state`` (already under our names) into ``model``, all or nothing.
 
     ``drop`` holds regexes of keys to skip knowingly; ``dropped`` lists keys skipped
-    earlier, by reason, for the report.
+    earlier, by reason, for the report. With ``adapt_in_chans=False`` a first conv with
+    other input channels is a shape mismatch, not adapted (a saved backbone must load
+    as it was saved).
 
     Raises:
         WeightsLoadError: with ``strict``, any missing, unexpected or mismatched key;
@@ -152,7 +249,7 @@ def load_state_dict_into(
             and tensor.shape[0] == target.shape[0]
             and tensor.shape[2:] == target.shape[2:]
         )
-        if key == conv_key and only_channels_differ:
+        if adapt_in_chans and key == conv_key and only_channels_differ:
             tensor = adapt_first_conv(tensor, target.shape[1], in_chans_strategy)
             report.adapted.append(
                 f"{key}: {value.shape[1]} -> {target.shape[1]} input channels "
@@ -171,7 +268,8 @@ def load_state_dict_into(
         if k not in new and k not in mismatched and not k.endswith("num_batches_tracked")
     ]
     if strict and not report.ok:
-        raise WeightsLoadError(report)
+        expected = [k for k in ours if not k.endswith("num_batches_tracked")]
+        raise WeightsLoadError(report, len(expected), _stages_hint(ours, state))
     _load_atomically(model, new)
     if report.ok:
         log.info("%s", report)
@@ -218,10 +316,13 @@ def load_pretrained(
         WeightsLoadError: ``strict`` and the weights do not fit; the model is unchanged.
         UnknownNameError: an unknown ``format``.
     """
+    check_load_options(
+        strict=strict, format=format, in_chans_strategy=in_chans_strategy, sha256=sha256
+    )
     check_format(format)  # before any download
-    checkpoint, _ = read_checkpoint(resolve_source(source, sha256=sha256, progress=progress))
+    checkpoint, _ = read_source(source, sha256=sha256, progress=progress)
     state, fmt = to_our_names(checkpoint, format, source)
-    state, outside = _strip_outer_prefix(state, model.state_dict())
+    state, outside = strip_outer_prefix(state, model.state_dict())
     return load_state_dict_into(
         model,
         state,
@@ -233,26 +334,3 @@ def load_pretrained(
         drop=fmt.drop,
         dropped=outside,
     )
-
-
-def _strip_outer_prefix(
-    state: dict[str, Any], ours: Mapping[str, torch.Tensor]
-) -> tuple[dict[str, Any], dict[str, list[str]]]:
-    """If the backbone sits inside a bigger model (``body.``, ``model.encoder.``), cut it out.
-
-    The prefix is found from where our first weight's key occurs in the checkpoint.
-    Returns the backbone's part, and the keys outside it (the rest of the model),
-    which are dropped knowingly.
-    """
-    anchor = next((k for k in ours if k.endswith("weight")), None)
-    if anchor is None or any(k in ours for k in state):
-        return state, {}
-    candidates = {k[: -len(anchor)] for k in state if k.endswith("." + anchor)}
-    if not candidates:
-        return state, {}
-    # "body.layer1.0.conv1.weight" also ends with "conv1.weight": take the prefix that
-    # puts the most of our keys in place.
-    prefix = max(sorted(candidates), key=lambda p: sum(p + k in state for k in ours))
-    inside = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
-    outside = [k for k in state if not k.startswith(prefix)]
-    return inside, ({f"outside {prefix!r}": outside} if outside else {})

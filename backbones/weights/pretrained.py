@@ -6,18 +6,26 @@
 ``pretrained_cfg`` (timm's keys), and after loading a ``pretrained_report``.
 """
 
+import contextlib
 import difflib
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
 from torch import nn
 
+from backbones.registry import BACKBONES
 from backbones.weights.config import PretrainedCfg, set_attributes
 from backbones.weights.in_chans import check_channel_map
-from backbones.weights.loading import load_pretrained
-from backbones.weights.sources import WeightsError, hub_preprocessing
+from backbones.weights.loading import check_load_options, first_conv_name, load_pretrained
+from backbones.weights.sources import (
+    PICKLE_SUFFIXES,
+    SAFETENSORS_SUFFIX,
+    WeightsError,
+    hub_preprocessing,
+)
 
 __all__ = ["apply_pretrained"]
 
@@ -39,17 +47,90 @@ def _pick(
     for cfg in weights:
         if text == cfg.tag:
             return cfg
+    if not text or os.path.exists(text) or "/" in text or ":" in text or "\\" in text:
+        return None  # a path, a URL or a hub id
     tags = [cfg.tag for cfg in weights]
-    looks_like_tag = text and "/" not in text and "." not in text and ":" not in text
-    if looks_like_tag and not os.path.exists(text):
-        close = difflib.get_close_matches(text, tags, n=3)
-        hint = f"; did you mean {', '.join(map(repr, close))}?" if close else "."
-        raise WeightsError(
-            f"pretrained={text!r} is neither a weights tag of {name!r} nor a file{hint} "
-            f"Tags: {', '.join(tags) or '(none)'}; or give a path, an http(s) URL or "
-            f"'hf-hub:<repo>'"
+    listing = (
+        f"Tags of {name!r}: {', '.join(tags) or '(none)'}; or give a path, an http(s) URL "
+        f"or 'hf-hub:<repo>'"
+    )
+    model, dot, tag = text.partition(".")
+    if dot and _is_timm_spelling(name, model, tag):
+        # timm's "<model>.<tag>": here the backbone is named once, the tag alone picks weights.
+        if model == name:
+            for cfg in weights:
+                if tag == cfg.tag:
+                    return cfg
+            raise WeightsError(
+                f"pretrained={text!r}: {name!r} has no weights tag {tag!r} (timm's "
+                f"'<model>.<tag>' spelling is read as the tag alone). {listing}"
+            )
+        ours = f": pretrained={tag!r} for {name!r} with {tag!r} weights" if tag in tags else ""
+        theirs = (
+            f"; for the weights of {model!r}, create_backbone({model!r}, pretrained='<tag>')"
+            if model in BACKBONES
+            else ""
         )
-    return None
+        raise WeightsError(
+            f"pretrained={text!r} names weights of {model!r} (timm's '<model>.<tag>' "
+            f"spelling), not of {name!r}. Here the backbone is named once and a tag of its "
+            f"own weights table picks the weights{ours}{theirs}. {listing}"
+        )
+    if dot:
+        return None  # "model.pth" that does not exist: resolve_source says so
+    if text in _TORCHVISION_ENUMS:
+        tag = _TORCHVISION_ENUMS[text] or (tags[0] if tags else "")
+        ours = "pretrained=True" if text == "DEFAULT" else f"pretrained={tag!r}"
+        raise WeightsError(
+            f"pretrained={text!r} is torchvision's weights enum name; "
+            + (
+                f"here those weights are the tag {tag!r}: {ours}"
+                if tag in tags
+                else f"{name!r} has no such weights"
+            )
+            + f". {listing}"
+        )
+    close = difflib.get_close_matches(text, tags, n=3)
+    hint = f"; did you mean {', '.join(map(repr, close))}?" if close else "."
+    raise WeightsError(
+        f"pretrained={text!r} is neither a weights tag of {name!r} nor a file{hint} {listing}"
+    )
+
+
+# torchvision's `weights=ResNet50_Weights.IMAGENET1K_V2` names, and the tags of the same
+# files ("" for DEFAULT: whatever the variant's first row is, as pretrained=True loads).
+_TORCHVISION_ENUMS = {"IMAGENET1K_V1": "tv_in1k", "IMAGENET1K_V2": "tv2_in1k", "DEFAULT": ""}
+
+
+def _is_timm_spelling(name: str, model: str, tag: str) -> bool:
+    """Whether ``"<model>.<tag>"`` is timm's weights name rather than a missing file's."""
+    if f".{tag.lower()}" in (*PICKLE_SUFFIXES, SAFETENSORS_SUFFIX, ".pkl"):
+        return False
+    return model == name or model in BACKBONES or bool(re.search(r"(^|_)in\d+k", tag))
+
+
+def _check_options(
+    *,
+    strict: object,
+    format: object,
+    in_chans_strategy: object,
+    sha256: object,
+    cfg_overlay: object,
+) -> None:
+    """TypeError for a create_backbone weights option of the wrong type, by its name."""
+    check_load_options(
+        strict=strict,
+        format=format,
+        in_chans_strategy=in_chans_strategy,
+        sha256=sha256,
+        prefix="pretrained_",
+    )
+    if cfg_overlay is not None and not isinstance(cfg_overlay, Mapping):
+        raise TypeError(
+            f"pretrained_cfg_overlay must be a dict of pretrained_cfg keys to new values, "
+            f"e.g. {{'input_size': (3, 160, 160)}}, or None; got {cfg_overlay!r} "
+            f"({type(cfg_overlay).__name__})"
+        )
 
 
 def apply_pretrained(
@@ -67,8 +148,12 @@ def apply_pretrained(
 ) -> None:
     """Load ``pretrained`` into ``model`` and set ``model.pretrained_cfg`` (and report).
 
+    ``pretrained_cfg["first_conv"]`` is the built model's first convolution (``conv1.0``
+    for a deep stem), whatever the table row says, so no row can get it wrong.
+
     Raises:
         WeightsError: the weights cannot be found, read or fitted; the message says why.
+        TypeError: an option of the wrong type (named as ``create_backbone`` spells it).
         ValueError: a bad ``in_chans_strategy`` or ``cfg_overlay``.
     """
     if not isinstance(pretrained, bool | str | os.PathLike) and pretrained is not None:
@@ -76,6 +161,13 @@ def apply_pretrained(
             f"pretrained must be True/False, a weights tag, a path, a URL or 'hf-hub:<repo>', "
             f"got {type(pretrained).__name__}"
         )
+    _check_options(
+        strict=strict,
+        format=format,
+        in_chans_strategy=in_chans_strategy,
+        sha256=sha256,
+        cfg_overlay=cfg_overlay,
+    )
     if not isinstance(in_chans_strategy, str):
         check_channel_map(list(in_chans_strategy), in_chans)
     chosen = _pick(name, weights, pretrained) if pretrained else None
@@ -89,23 +181,20 @@ def apply_pretrained(
             cfg = replace(cfg, url=source)
         else:
             cfg = replace(cfg, file=source)
+    with contextlib.suppress(ValueError):  # no Conv2d (a plugin's own trunk): keep the row's
+        cfg = replace(cfg, first_conv=first_conv_name(model))
+    if cfg_overlay:  # before any download: a typo fails at once
+        unknown = sorted(set(cfg_overlay) - set(cfg.to_dict()))
+        if unknown:
+            raise ValueError(
+                f"pretrained_cfg_overlay has unknown keys {unknown}; accepted: "
+                f"{sorted(cfg.to_dict())}"
+            )
     sources = (
         None
         if isinstance(in_chans_strategy, str)
         else [c if c is not None else i % 3 for i, c in enumerate(in_chans_strategy)]
     )
-    if pretrained and cfg.hf_hub_id:  # the hub's own config.json knows its pre-processing
-        hub = hub_preprocessing(cfg.hf_hub_id)
-        if hub:
-            cfg = replace(cfg, **hub)
-    out = cfg.for_in_chans(in_chans, sources).to_dict()
-    if cfg_overlay:
-        unknown = sorted(set(cfg_overlay) - set(out))
-        if unknown:
-            raise ValueError(
-                f"pretrained_cfg_overlay has unknown keys {unknown}; accepted: {sorted(out)}"
-            )
-        out.update(cfg_overlay)
     if pretrained:
         source = cfg.source if chosen is not None else os.fspath(pretrained)  # type: ignore[arg-type]
         report = load_pretrained(
@@ -117,4 +206,13 @@ def apply_pretrained(
             sha256=sha256 or (chosen.sha256 if chosen else ""),
         )
         set_attributes(model, pretrained_report=report)
+    # After loading: the weights are there (or the error said why), so the hub's
+    # config.json is in the cache or the hub is reachable.
+    if pretrained and cfg.hf_hub_id:  # the hub's own config.json knows its pre-processing
+        hub = hub_preprocessing(cfg.hf_hub_id)
+        if hub:
+            cfg = replace(cfg, **hub)
+    out = cfg.for_in_chans(in_chans, sources).to_dict()
+    if cfg_overlay:
+        out.update(cfg_overlay)
     set_attributes(model, pretrained_cfg=out)

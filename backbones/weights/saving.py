@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from backbones.plugin_manager import PluginInfo
 
 from backbones.weights.config import set_attributes
-from backbones.weights.sources import WeightsError, read_checkpoint
+from backbones.weights.sources import WeightsError, read_checkpoint, write_atomically
 
 __all__ = ["load_backbone", "save_backbone"]
 
@@ -73,6 +73,12 @@ def save_backbone(model: nn.Module, path: str | os.PathLike[str]) -> Path:
         TypeError: ``model`` was not made by ``create_backbone`` (it has no
             ``backbone_config``), or an option cannot be written as JSON (a callable
             ``norm_layer``, say); the message names it.
+        WeightsError: the folder of ``path`` does not exist (it is not created, as with
+            ``torch.save``).
+
+    The file is written under a temporary name unique to the call, then renamed: an
+    interrupted save leaves nothing behind, and concurrent saves to one path each write
+    a whole file (the last rename wins).
     """
     from safetensors.torch import save_file
 
@@ -101,9 +107,7 @@ def save_backbone(model: nn.Module, path: str | os.PathLike[str]) -> Path:
     }
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     target = Path(path)
-    tmp = target.with_name(target.name + ".tmp")
-    save_file(state, str(tmp), metadata=metadata)
-    tmp.replace(target)  # never leaves a half-written file under the real name
+    write_atomically(target, lambda tmp: save_file(state, str(tmp), metadata=metadata))
     return target
 
 
@@ -145,6 +149,33 @@ def _broken_plugin(plugin: str, distribution: object) -> "PluginInfo | None":
     return None
 
 
+def _metadata_entry(
+    metadata: dict[str, str], key: str, file: Path, kind: type, *, default: str | None = None
+) -> Any:
+    """The JSON value of metadata entry ``key``, which must be a ``kind``.
+
+    Raises:
+        WeightsError: the entry is missing (and has no default), is not JSON, or holds
+            another type; the message names the file and the entry.
+    """
+    text = metadata.get(key, default)
+    if text is None:
+        raise WeightsError(f"{file}: metadata entry {key!r} is missing")
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise WeightsError(
+            f"{file}: metadata entry {key!r} is not valid JSON ({err}): {text[:80]!r}"
+        ) from None
+    if not isinstance(value, kind):
+        raise WeightsError(
+            f"{file}: metadata entry {key!r} must hold a JSON "
+            f"{'object' if kind is dict else 'array'}, got {type(value).__name__}: "
+            f"{str(value)[:80]}"
+        )
+    return value
+
+
 def load_backbone(path: str | os.PathLike[str], **overrides: Any) -> nn.Module:
     """Rebuild the backbone saved by :func:`save_backbone`, from the file alone.
 
@@ -154,10 +185,13 @@ def load_backbone(path: str | os.PathLike[str], **overrides: Any) -> nn.Module:
             that change the weights' shapes make the strict load fail.
 
     Raises:
-        WeightsError: the file was not written by ``save_backbone``, or a plugin it
-            needs is not installed (the message names the distribution).
+        WeightsError: the file was not written by ``save_backbone``, its metadata is
+            missing or damaged (the message names the entry), or a plugin it needs is not
+            installed (the message names the distribution).
+        WeightsLoadError: the tensors do not fit the backbone the options build (an
+            override that changes a shape, such as ``in_chans``).
     """
-    from backbones.registry import create_backbone
+    from backbones.registry import UnknownNameError, create_backbone
     from backbones.weights.loading import load_state_dict_into
 
     file = Path(path)
@@ -167,13 +201,38 @@ def load_backbone(path: str | os.PathLike[str], **overrides: Any) -> nn.Module:
             f"{file}: has no backbones metadata (not written by save_backbone); load its "
             f"weights with create_backbone(name, pretrained={str(file)!r}) instead"
         )
-    config = json.loads(metadata[CONFIG_KEY])
-    _check_requirements(json.loads(metadata.get(REQUIRES_KEY, "[]")), file)
+    config = _metadata_entry(metadata, CONFIG_KEY, file, dict)
+    if not isinstance(config.get("name"), str):
+        raise WeightsError(
+            f"{file}: metadata entry {CONFIG_KEY!r} has no backbone 'name' (a string); "
+            f"it holds the keys {sorted(config)}. The file was edited or damaged: save it "
+            f"again with save_backbone"
+        )
+    requires = _metadata_entry(metadata, REQUIRES_KEY, file, list, default="[]")
+    if not all(isinstance(r, dict) and "kind" in r and "name" in r for r in requires):
+        raise WeightsError(
+            f"{file}: metadata entry {REQUIRES_KEY!r} must be a list of "
+            f"{{'kind', 'name', ...}} entries, got {requires!r}"
+        )
+    saved_cfg = _metadata_entry(metadata, PRETRAINED_CFG_KEY, file, dict, default="{}")
+    _check_requirements(requires, file)
     options = {**config, **overrides}
-    model = create_backbone(options.pop("name"), **options)
-    report = load_state_dict_into(model, state, source=str(file), format="backbones")
+    name = options.pop("name")
+    try:
+        model = create_backbone(name, **options)
+    except (TypeError, ValueError) as err:
+        if overrides or isinstance(err, UnknownNameError):  # says what it is already
+            raise
+        raise WeightsError(
+            f"{file}: the options in metadata entry {CONFIG_KEY!r} do not build a backbone "
+            f"({type(err).__name__}: {err})"
+        ) from err
+    # The saved tensors must fit as they are: an override that changes a shape (in_chans,
+    # say) fails here instead of being adapted into different weights.
+    report = load_state_dict_into(
+        model, state, source=str(file), format="backbones", adapt_in_chans=False
+    )
     set_attributes(model, pretrained_report=report)
-    saved_cfg = json.loads(metadata.get(PRETRAINED_CFG_KEY, "{}"))
     if saved_cfg:  # JSON has no tuples; timm's transforms expect them
         cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in saved_cfg.items()}
         set_attributes(model, pretrained_cfg=cfg)

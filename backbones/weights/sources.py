@@ -5,30 +5,49 @@ Accepted sources:
 * a local path to ``.safetensors``, ``.pth``, ``.pt``, ``.bin`` or ``.ckpt``;
 * an ``http://`` or ``https://`` URL, downloaded once into torch's hub cache
   (``torch.hub.get_dir()/checkpoints``) and verified by sha256: a hash prefix in the file
-  name (``resnet50-0676ba61.pth``, torchvision's convention) or an explicit ``sha256=``;
+  name (``resnet50-0676ba61.pth``, torchvision's convention) or an explicit ``sha256=``.
+  A file whose name carries such a hash is cached under that name; any other URL gets a
+  folder of its own (``checkpoints/url-<sha256 of the URL, 16 digits>/<name>``), so two
+  URLs ending in ``model.pth`` never share a cache entry;
 * ``hf-hub:<repo>[@<revision>]``, fetched by huggingface_hub into its cache (it honours
-  ``HF_HUB_OFFLINE`` and ``HF_HUB_CACHE``).
+  ``HF_HUB_OFFLINE`` and ``HF_HUB_CACHE``). The repository id is validated before any
+  request, and a hub that cannot be reached is detected with one short request, so an
+  uncached file fails in seconds instead of after the client's retries.
 
 Pickled files are read with ``torch.load(weights_only=True)`` only, so no code in them
-runs. Downloads go to a temporary file that is moved into the cache only once complete
-and verified: a partial or corrupt download never sits in the cache.
+runs. Downloads go to a temporary file (unique per call, so threads and processes never
+share one) that is moved into the cache only once complete and verified: a partial or
+corrupt download never sits in the cache, and a cached copy that no longer reads as
+weights is fetched again.
 """
 
+import contextlib
 import hashlib
 import http.client
 import logging
 import os
 import pickle
 import re
+import secrets
 import struct
+import threading
 import urllib.error
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
 import torch
 
-__all__ = ["WeightsError", "read_checkpoint", "resolve_source", "sha256_of"]
+__all__ = [
+    "WeightsError",
+    "read_checkpoint",
+    "read_source",
+    "resolve_source",
+    "sha256_of",
+    "url_cache_path",
+    "write_atomically",
+]
 
 log = logging.getLogger("backbones.weights")
 
@@ -38,6 +57,13 @@ HF_PREFIX = "hf-hub:"
 HF_FILENAMES = ("model.safetensors", "pytorch_model.bin")
 _HASH_IN_NAME = re.compile(r"-([0-9a-f]{8,64})\.")
 _SAFETENSORS_MAGIC_MAX_HEADER = 100_000_000
+# One short request tells a reachable hub from an unreachable one; huggingface_hub itself
+# retries an uncached file for about 25 s per file before giving up.
+HUB_PROBE_TIMEOUT = 5.0
+_OFFLINE_HINT = (
+    "to use cached files only, without trying the hub, set HF_HUB_OFFLINE=1 "
+    "(the files must have been downloaded once while online)"
+)
 
 
 class WeightsError(ValueError):
@@ -99,25 +125,89 @@ def _expected_hash(url: str, sha256: str) -> str:
     return match.group(1) if match else ""
 
 
-def _from_url(url: str, sha256: str, progress: bool) -> Path:
+def write_atomically(target: Path, write: Callable[[Path], None]) -> None:
+    """Write ``target`` by calling ``write(tmp)``, then renaming ``tmp`` onto it.
+
+    ``tmp`` sits beside ``target`` under a name unique to this call (process, thread and a
+    random part), so concurrent writers never share it; it is removed whatever happens,
+    and a reader of ``target`` sees the old file or the whole new one, never a part.
+
+    Raises:
+        WeightsError: ``target``'s folder does not exist (it is not created: a typo in
+            the path should not silently create folders).
+    """
+    folder = target.parent
+    if not folder.is_dir():
+        state = "is not a folder" if folder.exists() else "does not exist"
+        raise WeightsError(f"cannot write {target}: the folder {folder} {state}")
+    tmp = folder / (
+        f".{target.name}.{os.getpid()}-{threading.get_ident()}-{secrets.token_hex(4)}.tmp"
+    )
+    try:
+        write(tmp)
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def url_cache_path(url: str) -> Path:
+    """Where the download of ``url`` is cached.
+
+    A file name with a hash (``resnet50-0676ba61.pth``) names its content, so it is the
+    cache entry, as in torchvision. Any other name may be shared by unrelated URLs
+    (``.../v1/model.pth``, ``.../v2/model.pth``), so the file goes into a folder named by
+    a digest of the whole URL.
+
+    Raises:
+        WeightsError: the URL names no file.
+    """
     name = Path(urlparse(url).path).name
     if not name:
         raise WeightsError(f"pretrained={url!r}: the URL names no file")
     cache = Path(torch.hub.get_dir()) / "checkpoints"
-    cache.mkdir(parents=True, exist_ok=True)
-    target = cache / name
+    if _HASH_IN_NAME.search(name):
+        return cache / name
+    return cache / f"url-{hashlib.sha256(url.encode()).hexdigest()[:16]}" / name
+
+
+_DOWNLOAD_LOCKS: dict[Path, threading.Lock] = {}
+_DOWNLOAD_LOCKS_GUARD = threading.Lock()
+
+
+def _download_lock(target: Path) -> threading.Lock:
+    """One lock per cache entry: threads asking for one URL download it once."""
+    with _DOWNLOAD_LOCKS_GUARD:
+        return _DOWNLOAD_LOCKS.setdefault(target, threading.Lock())
+
+
+def _from_url(url: str, sha256: str, progress: bool) -> Path:
+    target = url_cache_path(url)
     expected = _expected_hash(url, sha256)
-    if target.is_file():
-        if not expected or sha256_of(target).startswith(expected):
-            return target
-        log.warning("cached %s fails its sha256 check; downloading it again", target)
-        target.unlink()
-    log.info("downloading %s to %s", url, target)
-    partial = target.with_name(f".{target.name}.{os.getpid()}.download")
-    try:
-        # torch writes a temporary file, checks the hash, then moves it to `partial`; the
-        # file enters the cache under its real name only once it also reads as weights
-        # (a server that closes early can leave a short file without any error).
+    with _download_lock(target):
+        if target.is_file():
+            if not expected or sha256_of(target).startswith(expected):
+                return target
+            log.warning("cached %s fails its sha256 check; downloading it again", target)
+            target.unlink()
+        target.parent.mkdir(parents=True, exist_ok=True)
+        log.info("downloading %s to %s", url, target)
+        try:
+            _download(url, target, expected, progress)
+        except WeightsError:
+            with contextlib.suppress(OSError):  # a URL's own folder, left empty: remove it
+                if target.parent.name.startswith("url-"):
+                    target.parent.rmdir()
+            raise
+    return target
+
+
+def _download(url: str, target: Path, expected: str, progress: bool) -> None:
+    """Download ``url`` into ``target`` once it is complete, verified and readable."""
+
+    def fetch(partial: Path) -> None:
+        # torch writes its own temporary file, checks the hash, then moves it to
+        # `partial`; the file enters the cache only once it also reads as weights (a
+        # server that closes early can leave a short file without any error).
         torch.hub.download_url_to_file(url, str(partial), expected or None, progress=progress)
         try:
             read_checkpoint(partial)
@@ -126,7 +216,9 @@ def _from_url(url: str, sha256: str, progress: bool) -> Path:
                 f"{url}: the download is not a readable weights file (truncated or corrupt?); "
                 f"it was not cached"
             ) from err
-        partial.replace(target)
+
+    try:
+        write_atomically(target, fetch)
     except RuntimeError as err:
         if "invalid hash value" in str(err):
             raise WeightsError(
@@ -138,27 +230,89 @@ def _from_url(url: str, sha256: str, progress: bool) -> Path:
         if isinstance(err, WeightsError):
             raise
         raise WeightsError(f"{url}: download failed ({type(err).__name__}: {err})") from err
-    finally:
-        partial.unlink(missing_ok=True)
-    return target
+
+
+def read_source(
+    source: str | os.PathLike[str], *, sha256: str = "", progress: bool = True
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """Resolve ``source`` (:func:`resolve_source`) and read it (:func:`read_checkpoint`).
+
+    A cached download that no longer reads as weights (damaged on disk, or left by an
+    older version) is deleted and downloaded once more, instead of failing on every call.
+
+    Raises:
+        WeightsError: as :func:`resolve_source` and :func:`read_checkpoint`.
+    """
+    path = resolve_source(source, sha256=sha256, progress=progress)
+    try:
+        return read_checkpoint(path)
+    except WeightsError as err:
+        text = os.fspath(source)
+        if not text.startswith(("http://", "https://")):
+            raise
+        log.warning("cached %s does not read as weights (%s); downloading it again", path, err)
+        path.unlink(missing_ok=True)
+    return read_checkpoint(resolve_source(source, sha256=sha256, progress=progress))
+
+
+def _hub_repo(spec: str) -> tuple[str, str | None]:
+    """``(repo_id, revision)`` of ``"<owner>/<name>[@<revision>]"``, validated offline.
+
+    Raises:
+        WeightsError: not a valid repository id (huggingface_hub's rules: letters, digits,
+            ``-``, ``_``, ``.``, no ``--`` or ``..``), or an empty revision after ``@``.
+    """
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    repo, at, revision = spec.partition("@")
+    expected = (
+        "expected 'hf-hub:<owner>/<name>' with an optional '@<revision>', "
+        "e.g. 'hf-hub:timm/resnet50.a1_in1k'"
+    )
+    if not repo or repo.count("/") != 1:
+        raise WeightsError(f"'hf-hub:{spec}' is not a hub repository; {expected}")
+    try:
+        validate_repo_id(repo)
+    except HFValidationError as err:
+        raise WeightsError(f"'hf-hub:{spec}' is not a hub repository ({err}); {expected}") from None
+    if at and not revision.strip():
+        raise WeightsError(f"'hf-hub:{spec}' has an empty revision after '@'; {expected}")
+    return repo, revision or None
+
+
+def _hub_unreachable() -> str:
+    """Why the hub cannot be used now (``HF_HUB_OFFLINE``, no connection), or "" if it can.
+
+    One request to the endpoint, without retries, with a short timeout: any HTTP answer
+    means reachable. huggingface_hub's own client retries network errors for ~25 s per
+    file, so asking it directly would stall a machine without network for a minute.
+    """
+    from huggingface_hub import constants
+    from huggingface_hub.utils import get_session
+
+    if constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE is set"
+    try:
+        get_session().head(constants.ENDPOINT, timeout=HUB_PROBE_TIMEOUT)
+    except Exception as err:  # the client's connection, DNS, proxy and timeout errors
+        return f"the hub at {constants.ENDPOINT} cannot be reached ({type(err).__name__}: {err})"
+    return ""
 
 
 def _from_hub(spec: str, sha256: str) -> Path:
-    repo, _, revision = spec.partition("@")
-    if not repo or repo.count("/") != 1:
-        raise WeightsError(
-            f"'hf-hub:{spec}' is not a hub repository; expected 'hf-hub:<owner>/<name>' "
-            f"with an optional '@<revision>', e.g. 'hf-hub:timm/resnet50.a1_in1k'"
-        )
+    repo, revision = _hub_repo(spec)  # before any request: a typo never reaches the network
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
+    offline = _hub_unreachable()
     failures = []
     for filename in HF_FILENAMES:
         try:
-            path = Path(hf_hub_download(repo, filename, revision=revision or None))
-        except LocalEntryNotFoundError as err:  # a subclass of EntryNotFoundError: first
-            failures.append(f"{filename}: not in the local cache and offline ({err})")
+            path = Path(
+                hf_hub_download(repo, filename, revision=revision, local_files_only=bool(offline))
+            )
+        except LocalEntryNotFoundError:  # a subclass of EntryNotFoundError: first
+            failures.append(f"{filename}: not in the local cache")
             continue
         except EntryNotFoundError:
             failures.append(f"{filename}: not in the repository")
@@ -168,9 +322,20 @@ def _from_hub(spec: str, sha256: str) -> Path:
             continue
         _check_hash(path, sha256.lower(), what=f"hf-hub:{spec}")
         return path
-    raise WeightsError(
-        f"hf-hub:{spec}: found none of {', '.join(HF_FILENAMES)}: " + "; ".join(failures)
-    )
+    found_none = f"hf-hub:{spec}: found none of {', '.join(HF_FILENAMES)}"
+    if offline.startswith("HF_HUB_OFFLINE"):
+        from huggingface_hub import constants
+
+        raise WeightsError(
+            f"{found_none}: {offline} and they are not in the local cache "
+            f"({constants.HF_HUB_CACHE})"
+        )
+    if offline:
+        raise WeightsError(
+            f"{found_none}: {offline}, and they are not in the local cache. Check the "
+            f"network, HF_ENDPOINT or the proxy settings; {_OFFLINE_HINT}"
+        )
+    raise WeightsError(f"{found_none}: " + "; ".join(failures))
 
 
 HUB_CFG_KEYS = ("input_size", "interpolation", "crop_pct", "crop_mode", "mean", "std")
@@ -180,15 +345,16 @@ def hub_preprocessing(spec: str) -> dict[str, Any]:
     """Pre-processing from a hub repository's ``config.json`` (timm's ``pretrained_cfg``).
 
     Returns only the keys in ``HUB_CFG_KEYS``, lists as tuples; an empty dict when the
-    repository has no such file, or it is not cached and the hub is offline.
+    repository has no such file, or it is not cached and the hub cannot be reached.
     """
     import json
 
     from huggingface_hub import hf_hub_download
 
-    repo, _, revision = spec.partition("@")
     try:
-        path = hf_hub_download(repo, "config.json", revision=revision or None)
+        repo, revision = _hub_repo(spec)
+        offline = bool(_hub_unreachable())
+        path = hf_hub_download(repo, "config.json", revision=revision, local_files_only=offline)
         with open(path, encoding="utf-8") as f:
             cfg = json.load(f).get("pretrained_cfg", {})
     except Exception as err:  # optional metadata: any failure leaves the variant's values
@@ -209,6 +375,29 @@ def _is_safetensors(path: Path) -> bool:
     return 0 < size < _SAFETENSORS_MAGIC_MAX_HEADER and head[8:9] == b"{"
 
 
+def _raise_if_text(path: Path) -> None:
+    """Raise a clear WeightsError if an unreadable weights file is in fact text.
+
+    An HTML error page saved by a download tool, a Git LFS pointer or a README under a
+    weights name otherwise gives a pickle opcode error that says nothing.
+    """
+    try:
+        with open(path, "rb") as f:
+            head = f.read(256)
+    except OSError:
+        return
+    text = head.decode("utf-8", errors="replace").rstrip("\ufffd")  # a cut last character
+    if not text or not all(c.isprintable() or c in "\r\n\t" for c in text):
+        return
+    if text.startswith("version https://git-lfs"):
+        raise WeightsError(
+            f"{path}: not a weights file: it is a Git LFS pointer, not the file it points "
+            f"to; fetch the file itself (git lfs pull)"
+        )
+    first = text.strip().splitlines()[0] if text.strip() else text
+    raise WeightsError(f"{path}: not a weights file: it starts with text {first[:60]!r}")
+
+
 def read_checkpoint(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
     """Read a weights file: ``(checkpoint, metadata)``; nothing in it is executed.
 
@@ -226,6 +415,8 @@ def read_checkpoint(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
             f"`python -m backbones convert {path} {path.with_suffix('.safetensors')}` "
             f"and load the .safetensors file"
         )
+    if path.is_file() and path.stat().st_size == 0:
+        raise WeightsError(f"{path}: not a weights file: it is an empty file (0 bytes)")
     if path.suffix == SAFETENSORS_SUFFIX or _is_safetensors(path):
         from safetensors import SafetensorError, safe_open
 
@@ -234,12 +425,14 @@ def read_checkpoint(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
                 metadata = f.metadata() or {}
                 return {k: f.get_tensor(k) for k in f.keys()}, metadata  # noqa: SIM118
         except (SafetensorError, OSError, ValueError) as err:
+            _raise_if_text(path)
             raise WeightsError(f"{path}: not a readable safetensors file ({err})") from err
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         reason = str(err).lower()
         if "global" not in reason and "reduce" not in reason:  # garbage, not foreign objects
+            _raise_if_text(path)
             raise WeightsError(f"{path}: not a readable checkpoint (corrupt? {err})") from None
         raise WeightsError(
             f"{path}: holds objects other than tensors and plain containers, so it was not "
@@ -249,6 +442,7 @@ def read_checkpoint(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
             f"{str(err).splitlines()[0]}"
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError, IndexError, KeyError, struct.error) as err:
+        _raise_if_text(path)
         raise WeightsError(
             f"{path}: not a readable checkpoint (corrupt or truncated? {err})"
         ) from err
