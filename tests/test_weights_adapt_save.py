@@ -409,6 +409,11 @@ def test_load_backbone_refuses_an_override_that_changes_the_input_conv(saved: Pa
         load_backbone(saved, in_chans=4)
     assert info.value.report.mismatched == [("conv1.weight", (64, 4, 7, 7), (64, 3, 7, 7))]
     assert info.value.report.adapted == []
+    assert info.value.report.applied is False
+    message = str(info.value)
+    assert "\nwould have loaded " in message  # nothing was loaded, so the report says so
+    assert "load_backbone loads a saved backbone only as it was saved" in message
+    assert "pretrained_strict=False to load what fits, or pretrained_format=" not in message
     assert load_backbone(saved, frozen_stages=1).pretrained_report.ok  # shapes unchanged
 
 

@@ -47,6 +47,8 @@ class LoadReport:
         mismatched: ``(key, expected shape, checkpoint shape)`` for keys of the wrong shape.
         dropped: checkpoint keys skipped on purpose, with the reason.
         adapted: notes on tensors changed to fit (input-channel adaptation).
+        applied: whether the tensors were loaded; False when a strict load refused them
+            (``loaded`` then lists the tensors that would have fitted).
     """
 
     source: str
@@ -57,6 +59,7 @@ class LoadReport:
     mismatched: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = field(default_factory=list)
     dropped: dict[str, list[str]] = field(default_factory=dict)
     adapted: list[str] = field(default_factory=list)
+    applied: bool = True
 
     @property
     def ok(self) -> bool:
@@ -64,7 +67,8 @@ class LoadReport:
         return not (self.missing or self.unexpected or self.mismatched)
 
     def __str__(self) -> str:
-        lines = [f"loaded {len(self.loaded)} tensors from {self.source} (format: {self.format})"]
+        verb = "loaded" if self.applied else "would have loaded"
+        lines = [f"{verb} {len(self.loaded)} tensors from {self.source} (format: {self.format})"]
         for reason, keys in self.dropped.items():
             lines.append(f"  dropped {len(keys)} keys ({reason}): {_some(keys)}")
         lines += [f"  adapted {note}" for note in self.adapted]
@@ -89,12 +93,17 @@ class WeightsLoadError(WeightsError):
         report: the full :class:`LoadReport`.
     """
 
-    def __init__(self, report: LoadReport, expected: int = 0, hint: str = "") -> None:
+    def __init__(
+        self, report: LoadReport, expected: int = 0, hint: str = "", advice: str = ""
+    ) -> None:
         self.report = report
+        report.applied = False
+        advice = advice or (
+            "Pass pretrained_strict=False to load what fits, or pretrained_format= "
+            "if the format was misdetected."
+        )
         super().__init__(
-            f"{_headline(report, expected, hint)}; nothing was loaded:\n{report}\n"
-            f"Pass pretrained_strict=False to load what fits, or pretrained_format= "
-            f"if the format was misdetected."
+            f"{_headline(report, expected, hint)}; nothing was loaded:\n{report}\n{advice}"
         )
 
 
@@ -210,13 +219,15 @@ def load_state_dict_into(
     drop: Sequence[str] = (),
     dropped: Mapping[str, list[str]] | None = None,
     adapt_in_chans: bool = True,
+    advice: str = "",
 ) -> LoadReport:
     """Load ``state`` (already under our names) into ``model``, all or nothing.
 
     ``drop`` holds regexes of keys to skip knowingly; ``dropped`` lists keys skipped
     earlier, by reason, for the report. With ``adapt_in_chans=False`` a first conv with
     other input channels is a shape mismatch, not adapted (a saved backbone must load
-    as it was saved).
+    as it was saved). ``advice`` replaces the error's closing hint (which names
+    ``create_backbone``'s options) for callers with other options.
 
     Raises:
         WeightsLoadError: with ``strict``, any missing, unexpected or mismatched key;
@@ -269,7 +280,7 @@ def load_state_dict_into(
     ]
     if strict and not report.ok:
         expected = [k for k in ours if not k.endswith("num_batches_tracked")]
-        raise WeightsLoadError(report, len(expected), _stages_hint(ours, state))
+        raise WeightsLoadError(report, len(expected), _stages_hint(ours, state), advice)
     _load_atomically(model, new)
     if report.ok:
         log.info("%s", report)

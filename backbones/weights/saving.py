@@ -230,7 +230,16 @@ def load_backbone(path: str | os.PathLike[str], **overrides: Any) -> nn.Module:
     # The saved tensors must fit as they are: an override that changes a shape (in_chans,
     # say) fails here instead of being adapted into different weights.
     report = load_state_dict_into(
-        model, state, source=str(file), format="backbones", adapt_in_chans=False
+        model,
+        state,
+        source=str(file),
+        format="backbones",
+        adapt_in_chans=False,
+        advice=(
+            "load_backbone loads a saved backbone only as it was saved: drop the override "
+            "that changes a shape, or build the new backbone with create_backbone(..., "
+            "pretrained=<this file>, pretrained_strict=False) to load what fits."
+        ),
     )
     set_attributes(model, pretrained_report=report)
     if saved_cfg:  # JSON has no tuples; timm's transforms expect them
