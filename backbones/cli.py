@@ -5,14 +5,31 @@ Commands:
     plugins           every plugin, its distribution, what it registered, what failed
     bench NAME        eager forward speed against timm's features_only model
     weights NAME      a backbone's published weights: tags, sources, pre-processing, licence
-    convert SRC DST   another library's checkpoint (detectron2 .pkl too) to safetensors
+    convert SRC DST   another library's checkpoint (detectron2 .pkl too) to our key names
+
+Every error is one line on stderr (``backbones: error: ...``) and a non-zero exit,
+never a traceback unless ``--traceback`` asks for it. When the reader of the output
+goes away (``python -m backbones list | head -1``) the command stops quietly with
+status 141, what a shell reports for a writer killed by SIGPIPE.
 """
 
 import argparse
+import contextlib
+import os
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 __all__ = ["main"]
+
+PREFIX = "backbones: error: "
+USAGE_ERROR = 2
+"""Exit status for bad input: a usage error, an unknown name, a missing file, a bad value."""
+UNEXPECTED_ERROR = 1
+INTERRUPTED = 130
+"""128 + SIGINT, as shells report a command stopped by Ctrl-C."""
+BROKEN_PIPE = 141
+"""128 + SIGPIPE, as shells report ``seq 1 100000 | head -1``'s writer."""
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
@@ -107,55 +124,167 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="backbones", description="Multi-scale backbones for vision tasks."
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage error as one line on stderr like every other error."""
 
-    p_list = sub.add_parser("list", help="list registered backbones, blocks and heads")
-    p_list.add_argument("pattern", nargs="?", default="*", help="fnmatch pattern, e.g. 'resnet*'")
+    def error(self, message: str) -> NoReturn:
+        self.exit(USAGE_ERROR, f"{PREFIX}{message} (see '{self.prog} --help')\n")
+
+
+def _parser() -> argparse.ArgumentParser:
+    from backbones.weights.convert import OUTPUT_SUFFIXES
+    from backbones.weights.formats import FORMATS
+
+    parser = _Parser(
+        prog="backbones",
+        description="Multi-scale backbones for vision tasks.",
+        epilog=(
+            f"Errors are one line on stderr, exit status {USAGE_ERROR} ({UNEXPECTED_ERROR} for "
+            f"an unexpected one); Ctrl-C exits "
+            f"{INTERRUPTED}; output cut short by a closed pipe (| head) exits {BROKEN_PIPE}, "
+            f"quietly, as a process killed by SIGPIPE does."
+        ),
+    )
+    parser.add_argument(
+        "--traceback",
+        action="store_true",
+        help="on an error, show the full Python traceback instead of one line (for bug reports)",
+    )
+    sub = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", help="one of (COMMAND --help for more):"
+    )
+
+    p_list = sub.add_parser(
+        "list",
+        help="list registered backbones, blocks and heads",
+        description="List registered backbones, blocks and heads whose names match PATTERN.",
+    )
+    p_list.add_argument(
+        "pattern",
+        nargs="?",
+        default="*",
+        help="fnmatch pattern, e.g. 'resnet*' (default: %(default)s, everything)",
+    )
     p_list.set_defaults(run=_cmd_list)
 
-    p_plugins = sub.add_parser("plugins", help="list plugins, what they registered and failures")
+    p_plugins = sub.add_parser(
+        "plugins",
+        help="list plugins, what they registered, failures and conflicts",
+        description="List every plugin, its distribution, what it registered, what failed "
+        "and which names are contested. Takes no options.",
+    )
     p_plugins.set_defaults(run=_cmd_plugins)
 
-    p_bench = sub.add_parser("bench", help="time eager forward against timm's features_only model")
+    p_bench = sub.add_parser(
+        "bench",
+        help="time eager forward against timm's features_only model",
+        description="Time the eager forward of a backbone against timm's features_only model "
+        "of the same variant, in interleaved rounds.",
+    )
     p_bench.add_argument("name", help="a backbone timm also defines, e.g. resnet50")
-    p_bench.add_argument("--batch-size", type=int, default=8)
-    p_bench.add_argument("--img-size", type=int, default=224)
-    p_bench.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
-    p_bench.add_argument("--rounds", type=int, default=20, help="interleaved timed rounds")
-    p_bench.add_argument("--warmup", type=int, default=3)
+    p_bench.add_argument(
+        "--batch-size", type=int, default=8, help="images per batch (default: %(default)s)"
+    )
+    p_bench.add_argument(
+        "--img-size", type=int, default=224, help="image height and width (default: %(default)s)"
+    )
+    p_bench.add_argument(
+        "--threads", type=int, default=2, help="torch intra-op threads (default: %(default)s)"
+    )
+    p_bench.add_argument(
+        "--rounds", type=int, default=20, help="interleaved timed rounds (default: %(default)s)"
+    )
+    p_bench.add_argument(
+        "--warmup", type=int, default=3, help="untimed rounds first (default: %(default)s)"
+    )
     p_bench.add_argument(
         "--optimized",
         action="store_true",
-        help="also time optimize_for_inference (BatchNorm folded, channels_last)",
+        help="also time optimize_for_inference (BatchNorm folded, channels_last) (default: off)",
     )
     p_bench.set_defaults(run=_cmd_bench)
 
-    p_weights = sub.add_parser("weights", help="a backbone's published weights and their tags")
+    p_weights = sub.add_parser(
+        "weights",
+        help="a backbone's published weights and their tags",
+        description="Show a backbone's published weights: tags, sources, pre-processing, "
+        "licence. Takes no options.",
+    )
     p_weights.add_argument("name", help="a registered backbone, e.g. resnet50")
     p_weights.set_defaults(run=_cmd_weights)
 
     p_convert = sub.add_parser(
-        "convert", help="convert a checkpoint (detectron2 .pkl, mmdet, ...) to safetensors"
+        "convert",
+        help="convert a checkpoint (detectron2 .pkl, mmdet, ...) to our key names",
+        description="Convert another library's checkpoint to a file of this library's key "
+        "names, holding the backbone's tensors only.",
     )
     p_convert.add_argument("src", help="the checkpoint file")
-    p_convert.add_argument("dst", help="the .safetensors file to write")
-    p_convert.add_argument("--format", default=None, help="override format detection")
+    p_convert.add_argument(
+        "dst",
+        help=f"the file to write; its suffix picks the format, one of: "
+        f"{', '.join(OUTPUT_SUFFIXES)} (.safetensors recommended; the others are torch.save)",
+    )
+    p_convert.add_argument(
+        "--format",
+        choices=list(FORMATS),
+        default=None,
+        help="the source's format, one of: %(choices)s "
+        "(default: detected from the checkpoint's keys)",
+    )
     p_convert.set_defaults(run=_cmd_convert)
     return parser
 
 
+def _one_line(err: BaseException) -> str:
+    if isinstance(err, OSError) and err.filename is not None and err.strerror:
+        text = f"{err.filename}: {err.strerror}"
+    elif type(err) is KeyError and len(err.args) == 1:  # KeyError's str() adds quotes
+        text = str(err.args[0])
+    else:
+        text = str(err) or type(err).__name__
+    return "; ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit status."""
+    """Run the command line; returns the exit status.
+
+    Every failure is one line on stderr, never a traceback (``--traceback`` shows it):
+    status 2 for bad input (a usage error, an unknown name, a missing file, any error
+    the library raises for a bad value), 1 for an unexpected error, 130 on Ctrl-C and
+    141 when a reader closes the pipe early (``| head``), as a command killed by
+    SIGPIPE would, with nothing printed.
+    """
     args = _parser().parse_args(argv)
     try:
-        return int(args.run(args))
-    except (KeyError, ValueError, RuntimeError) as err:
-        print(f"backbones: error: {err}", file=sys.stderr)
-        return 2
+        status = int(args.run(args))
+        sys.stdout.flush()  # inside the try: a closed pipe surfaces here, not at exit
+        return status
+    except BrokenPipeError:
+        # As the Python docs advise: point stdout at devnull so the flush at exit
+        # does not raise again ("Exception ignored ... BrokenPipeError").
+        with contextlib.suppress(OSError, ValueError):  # stdout is not a file (captured)
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return BROKEN_PIPE
+    except KeyboardInterrupt:
+        if args.traceback:
+            raise
+        print(f"{PREFIX}interrupted", file=sys.stderr)
+        return INTERRUPTED
+    except (KeyError, ValueError, TypeError, RuntimeError, OSError) as err:
+        if args.traceback:
+            raise
+        print(f"{PREFIX}{_one_line(err)}", file=sys.stderr)
+        return USAGE_ERROR
+    except Exception as err:  # a bug: still one line, with the way to see more
+        if args.traceback:
+            raise
+        print(
+            f"{PREFIX}unexpected {type(err).__name__}: {_one_line(err)} (run with --traceback "
+            f"for details, and please report it)",
+            file=sys.stderr,
+        )
+        return UNEXPECTED_ERROR
 
 
 if __name__ == "__main__":

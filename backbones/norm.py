@@ -28,7 +28,7 @@ NORM_LAYERS: dict[str, NormLayer] = {
 
 
 def resolve_norm_layer(norm_layer: str | NormLayer) -> NormLayer:
-    """The norm-layer factory for a name, or the callable itself.
+    """The norm-layer factory for a name, or the callable, checked.
 
     Args:
         norm_layer: one of ``NORM_LAYERS`` ("batchnorm", "frozen_batchnorm",
@@ -36,12 +36,14 @@ def resolve_norm_layer(norm_layer: str | NormLayer) -> NormLayer:
             channel count.
 
     Returns:
-        A callable mapping a channel count to a normalization module.
+        A callable mapping a channel count to a normalization module. A callable
+        you pass is wrapped so that each call checks it returned an ``nn.Module``.
 
     Raises:
         UnknownNameError: an unknown name (a ValueError); the message suggests
             close matches and lists the accepted ones.
-        TypeError: neither a string nor a callable.
+        TypeError: neither a string nor a callable; or, when the result is called,
+            the callable returned no ``nn.Module`` or does not take a channel count.
 
     Example:
         >>> resolve_norm_layer("groupnorm")(64)
@@ -53,7 +55,33 @@ def resolve_norm_layer(norm_layer: str | NormLayer) -> NormLayer:
         except KeyError:
             raise UnknownNameError("norm_layer", norm_layer, list(NORM_LAYERS)) from None
     if callable(norm_layer):
-        return norm_layer
+        return _checked_norm_layer(norm_layer)
     raise TypeError(
         f"norm_layer must be a name ({', '.join(NORM_LAYERS)}) or a callable, got {norm_layer!r}"
     )
+
+
+def _checked_norm_layer(norm_layer: Callable[..., object]) -> NormLayer:
+    """``norm_layer`` that refuses to hand the trunk anything but an ``nn.Module``.
+
+    A callable returning something else (``lambda c: 5``) would otherwise fail later,
+    inside ``nn.Module.__setattr__`` or a block's forward, without naming the option.
+    """
+    label = getattr(norm_layer, "__qualname__", None) or repr(norm_layer)
+
+    def build(num_channels: int) -> nn.Module:
+        try:
+            module = norm_layer(num_channels)
+        except TypeError as err:
+            raise TypeError(
+                f"norm_layer={label} must be callable as norm_layer(num_channels); "
+                f"norm_layer({num_channels}) raised TypeError: {err}"
+            ) from err
+        if not isinstance(module, nn.Module):
+            raise TypeError(
+                f"norm_layer={label} must return an nn.Module for a channel count; "
+                f"norm_layer({num_channels}) returned {type(module).__name__} {module!r}"
+            )
+        return module
+
+    return build

@@ -9,6 +9,7 @@ This module must not build networks itself; factories do that.
 
 import difflib
 import fnmatch
+import inspect
 import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -17,6 +18,7 @@ from typing import Any, Generic, TypeVar
 
 from torch import nn
 
+from backbones._options import unknown_options_error
 from backbones.features import FeatureInfo
 
 __all__ = [
@@ -406,6 +408,8 @@ def register_backbone(name: str) -> Callable[[F], F]:
         A decorator that registers and returns the factory unchanged.
 
     Raises:
+        TypeError: ``name`` is not a non-empty string, or what is decorated is not
+            callable.
         ValueError: ``name`` is already registered; the message names the existing entry.
 
     Example:
@@ -413,8 +417,10 @@ def register_backbone(name: str) -> Callable[[F], F]:
         ... def my_resnet(**options):
         ...     return create_backbone("resnet18", **options)
     """
+    _check_name("backbone", "register_backbone", name)
 
     def decorator(factory: F) -> F:
+        _check_factory("backbone", name, factory, "an nn.Module with feature_info")
         BACKBONES.add(name, factory, source=_source_of(factory))
         return factory
 
@@ -430,7 +436,8 @@ def register_block(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
     drop_path=...)``.
 
     Raises:
-        TypeError: the object is not an ``nn.Module`` subclass with an int ``expansion``.
+        TypeError: ``name`` is not a non-empty string, or the object is not an
+            ``nn.Module`` subclass with an int ``expansion``.
         ValueError: ``name`` is already registered.
 
     Example:
@@ -438,6 +445,7 @@ def register_block(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
         ... class MyBlock(nn.Module):
         ...     expansion = 1
     """
+    _check_name("block", "register_block", name)
 
     def decorator(cls: type[nn.Module]) -> type[nn.Module]:
         _check_block(name, cls)
@@ -454,6 +462,8 @@ def register_head(name: str) -> Callable[[F], F]:
     and returns an ``nn.Module`` whose forward takes the backbone's list of features.
 
     Raises:
+        TypeError: ``name`` is not a non-empty string, or what is decorated is not
+            callable.
         ValueError: ``name`` is already registered.
 
     Example:
@@ -461,12 +471,35 @@ def register_head(name: str) -> Callable[[F], F]:
         ... def my_head(*, feature_info, num_classes=10):
         ...     return MyHead(feature_info.channels()[-1], num_classes)
     """
+    _check_name("head", "register_head", name)
 
     def decorator(factory: F) -> F:
+        _check_factory("head", name, factory, "a head nn.Module")
         HEADS.add(name, factory, source=_source_of(factory))
         return factory
 
     return decorator
+
+
+def _check_name(kind: str, decorator: str, name: object) -> None:
+    # Checked when the decorator is made, not when it is applied: a bare
+    # `@register_backbone` (no name) would otherwise silently replace the function.
+    if isinstance(name, str) and name:
+        return
+    hint = (
+        f"; give the name first: @{decorator}('my_name')"
+        if callable(name) and not isinstance(name, str)
+        else ""
+    )
+    raise TypeError(f"a {kind} name must be a non-empty string, got {name!r}{hint}")
+
+
+def _check_factory(kind: str, name: str, factory: object, returns: str) -> None:
+    if not callable(factory):
+        raise TypeError(
+            f"{kind} {name!r} must be registered with a factory (a callable returning "
+            f"{returns}), got {type(factory).__name__} {factory!r}"
+        )
 
 
 def _check_block(name: str, cls: object) -> None:
@@ -571,6 +604,7 @@ def create_backbone(
     pretrained_sha256: str = "",
     in_chans_strategy: str | Sequence[int | None] = "repeat",
     pretrained_cfg_overlay: dict[str, Any] | None = None,
+    **unknown: Any,
 ) -> nn.Module:
     """Build a registered backbone as a multi-scale feature extractor.
 
@@ -607,6 +641,9 @@ def create_backbone(
             "repeat" (timm's), "mean", "zeros", another registered strategy, or a
             channel map such as ``(0, 1, 2, 0)``.
         pretrained_cfg_overlay: values replacing those of ``pretrained_cfg``.
+        **unknown: taken only to refuse them with a better message than Python's:
+            another library's spelling (``trainable_layers``, ``features_only``,
+            ``norm_cfg``, ...) is answered with this library's option.
 
     Returns:
         An ``nn.Module`` whose forward returns the requested feature maps and whose
@@ -619,6 +656,9 @@ def create_backbone(
         UnknownNameError: ``name`` (or a block name) is not registered.
         ValueError, TypeError: an option is out of range or of the wrong type;
             the message names the value and what is accepted.
+        TypeError: ``name`` is not a string; an option is unknown (the message says
+            what to use instead); or the factory returned no ``nn.Module`` with a
+            ``feature_info`` (the message names the factory).
 
     Example:
         >>> bb = create_backbone("resnet50", out_indices=(1, 2, 3, 4))
@@ -628,6 +668,13 @@ def create_backbone(
     from backbones.weights.config import set_attributes
     from backbones.weights.pretrained import apply_pretrained
 
+    if not isinstance(name, str):
+        raise TypeError(
+            f"name must be a registered backbone name (a str, see list_backbones()), "
+            f"got {type(name).__name__} {name!r}"
+        )
+    if unknown:
+        raise unknown_options_error("create_backbone", unknown, _create_backbone_options())
     factory = BACKBONES.get(name)
     options: dict[str, Any] = {
         "out_indices": out_indices,
@@ -643,6 +690,7 @@ def create_backbone(
         "return_dict": return_dict,
     }
     model = factory(**options)
+    _check_backbone(name, factory, model)
     apply_pretrained(
         model,
         name,
@@ -657,6 +705,33 @@ def create_backbone(
     )
     set_attributes(model, backbone_config={"name": name, **_jsonable(options)})
     return model
+
+
+def _create_backbone_options() -> list[str]:
+    """The options of :func:`create_backbone`, read from its signature (their one definition)."""
+    params = inspect.signature(create_backbone).parameters.values()
+    return [p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY]
+
+
+def _check_backbone(name: str, factory: Callable[..., Any], model: object) -> None:
+    """Check the backbone contract once, where the factory returns (as detectron2's build does)."""
+    info = getattr(model, "feature_info", None)
+    if isinstance(model, nn.Module) and isinstance(info, FeatureInfo):
+        return
+    if not isinstance(model, nn.Module):
+        problem = f"returned {type(model).__name__} {model!r}, not an nn.Module"
+    elif not hasattr(model, "feature_info"):
+        problem = f"returned a {type(model).__name__} without a feature_info attribute"
+    else:
+        problem = (
+            f"returned a {type(model).__name__} whose feature_info is a "
+            f"{type(info).__name__}, not a FeatureInfo"
+        )
+    raise TypeError(
+        f"backbone {name!r}: its factory {_source_of(factory)} {problem}; a factory must "
+        f"return an nn.Module whose feature_info (a backbones.features.FeatureInfo) describes "
+        f"the feature maps its forward returns"
+    )
 
 
 def _jsonable(value: Any) -> Any:

@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import torch.fx
 from torch import Tensor, nn
 
 from backbones.features import FeatureInfo, FeatureLevel
@@ -26,6 +27,12 @@ NUM_STAGES = 4
 STEM_CHANNELS = 64
 STAGE_PLANES = (64, 128, 256, 512)
 OUTPUT_STRIDES = (8, 16, 32)
+MIN_INPUT_SIZE = 1
+"""Smallest input height and width. Every conv and pool of the trunk pads (and the
+"d" variants' average pools use ``ceil_mode``), so any non-empty image runs, in eval
+mode, for every variant, ``output_stride`` and ``out_indices``: a 1x1 image gives 1x1
+maps. (In train mode BatchNorm also needs more than one value per channel, so a
+batch of one needs an image larger than the deepest stride.)"""
 _BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
 
@@ -48,13 +55,40 @@ class _StagePlan:
         return self.planes * expansion
 
 
+@torch.fx.wrap
+def _check_input(x: Tensor, in_chans: int, min_size: int = MIN_INPUT_SIZE) -> None:
+    """Refuse an input the trunk cannot take, naming the expected shape.
+
+    Without it a wrong shape fails deep inside with torch's message (a padding size,
+    a channel count, "expected 4D input"). ``torch.fx.wrap`` keeps it a single leaf
+    call when torch.fx traces (a Python ``if`` on a proxy's shape would break tracing);
+    TorchScript compiles it; torch.export runs it once on the example input. It reads
+    four sizes, so the eager forward pays nothing measurable. (``min_size`` is an
+    argument because TorchScript cannot read a module-level constant.)
+    """
+    if x.dim() != 4 or x.shape[1] != in_chans or min(x.shape[2], x.shape[3]) < min_size:
+        shape = ", ".join([str(s) for s in x.shape])
+        if x.dim() != 4:
+            problem = f"is {x.dim()}-d"
+        elif x.shape[1] != in_chans:
+            problem = "has the wrong number of channels"
+        else:
+            problem = "is too small"
+        raise ValueError(
+            f"the input of shape ({shape}) {problem}; this backbone expects (N, {in_chans}, H, W) "
+            f"(in_chans={in_chans}) with H and W at least {min_size}"
+        )
+
+
 class ResNet(nn.ModuleDict):
     """A ResNet as a multi-scale feature extractor.
 
     Children run in order: ``conv1``, ``bn1``, ``act1`` (level 0, stride 2),
     ``maxpool``, ``layer1`` .. ``layer4`` (levels 1..4). Only the children up to
     the deepest requested level are built. ``forward`` returns the requested
-    levels as a list in network order; :class:`ResNetDict` returns a dict.
+    levels as a list in network order; :class:`ResNetDict` returns a dict. Its input
+    must be ``(N, in_chans, H, W)`` with ``H, W >= 1``; another shape raises ValueError
+    naming it.
 
     Args:
         spec: the variant.
@@ -85,6 +119,7 @@ class ResNet(nn.ModuleDict):
     # Declared here rather than in __init__ so TorchScript sees their types.
     return_layers: list[str]
     _frozen: list[str]
+    in_chans: int
 
     def __init__(
         self,
@@ -139,6 +174,7 @@ class ResNet(nn.ModuleDict):
         self.frozen_stages = frozen_stages
         self.norm_eval = norm_eval
         self.return_layers = self.feature_info.module_name()
+        self.in_chans = in_chans
 
         self.conv1 = _make_stem_conv(spec, in_chans, norm)
         self.bn1 = norm(STEM_CHANNELS)
@@ -196,6 +232,7 @@ class ResNet(nn.ModuleDict):
         return self
 
     def forward(self, x: Tensor) -> list[Tensor]:
+        _check_input(x, self.in_chans)
         features: list[Tensor] = []
         for name, module in self.items():
             x = module(x)
@@ -208,6 +245,7 @@ class ResNetDict(ResNet):
     """A :class:`ResNet` whose forward returns ``{module_name: feature}`` in network order."""
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:  # type: ignore[override]
+        _check_input(x, self.in_chans)
         features: dict[str, Tensor] = {}
         for name, module in self.items():
             x = module(x)
@@ -368,6 +406,7 @@ def _resolve_block_kwargs(
     if block_kwargs is None:
         return [{} for _ in range(NUM_STAGES)]
     if isinstance(block_kwargs, dict):
+        _check_block_kwargs("block_kwargs", block_kwargs)
         return [dict(block_kwargs) for _ in range(NUM_STAGES)]
     if (
         isinstance(block_kwargs, Sequence)
@@ -375,11 +414,48 @@ def _resolve_block_kwargs(
         and len(block_kwargs) == NUM_STAGES
         and all(isinstance(k, dict) for k in block_kwargs)
     ):
+        for stage, kwargs in enumerate(block_kwargs):
+            _check_block_kwargs(f"block_kwargs[{stage}]", kwargs)
         return [dict(k) for k in block_kwargs]
     raise TypeError(
         f"block_kwargs must be a dict, {NUM_STAGES} dicts (one per stage) or None, "
         f"got {block_kwargs!r}"
     )
+
+
+# The arguments the trunk passes to every block itself, and where each comes from:
+# block_kwargs naming one would otherwise fail with Python's "got multiple values".
+_TRUNK_BLOCK_ARGS: dict[str, str] = {
+    "inplanes": "the trunk (the previous stage's output channels)",
+    "planes": "the trunk (the stage widths 64, 128, 256, 512); a block's 'expansion' scales them",
+    "stride": "the trunk (the stage's place in the network) and the output_stride option",
+    "downsample": "the trunk, which builds each stage's shortcut (ResNetSpec.avg_down picks "
+    "the pooled shortcut of the 'd' variants)",
+    "groups": "the variant (ResNetSpec.groups): pick a variant with it, such as "
+    "resnext50_32x4d, or register a ResNetSpec of your own",
+    "base_width": "the variant (ResNetSpec.width_per_group): pick a variant with it, such as "
+    "wide_resnet50_2, or register a ResNetSpec of your own",
+    "dilation": "the output_stride option (8 or 16 dilates the last stages)",
+    "first_dilation": "the output_stride option (8 or 16 dilates the last stages)",
+    "norm_layer": "the norm_layer option",
+    "drop_path": "the drop_path_rate option (a rate rising linearly over the blocks)",
+}
+
+
+def _check_block_kwargs(where: str, kwargs: dict[Any, Any]) -> None:
+    for key in kwargs:
+        if not isinstance(key, str):
+            raise TypeError(
+                f"{where} keys must be str (keyword argument names of the block), "
+                f"got {key!r} in {kwargs!r}"
+            )
+    taken = [key for key in kwargs if key in _TRUNK_BLOCK_ARGS]
+    if taken:
+        reasons = "; ".join(f"{key!r} comes from {_TRUNK_BLOCK_ARGS[key]}" for key in taken)
+        raise TypeError(
+            f"{where} cannot set {', '.join(map(repr, taken))}: the trunk passes "
+            f"{'it' if len(taken) == 1 else 'them'} to every block itself; {reasons}"
+        )
 
 
 def _check_bool(name: str, value: object) -> None:

@@ -1,7 +1,9 @@
 """The command line: `python -m backbones list` and `bench`."""
 
+import argparse
 import os
 import re
+import shlex
 import subprocess
 import sys
 
@@ -120,3 +122,186 @@ def test_plugins_lists_the_builtin_plugin_and_what_it_registered():
     assert lines[3] == "  blocks: basic, bottleneck"
     assert lines[4] == "  heads: classification, fpn, fcn, deeplabv3, semantic_fpn, upernet"
     assert len(lines) == 5
+
+
+# -- errors: one line on stderr, a non-zero exit, never a traceback --------------------
+
+
+def _assert_one_line_error(result: subprocess.CompletedProcess[str], *fragments: str) -> None:
+    assert result.returncode == 2, (result.returncode, result.stderr)
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("backbones: error: ")
+    for fragment in fragments:
+        assert fragment in lines[0]
+    assert result.stdout == ""
+
+
+def test_convert_of_a_missing_file_is_one_line(tmp_path):
+    # Before: a FileNotFoundError traceback.
+    missing = tmp_path / "missing.pth"
+    result = _run_cli("convert", str(missing), str(tmp_path / "out.safetensors"))
+    _assert_one_line_error(result, str(missing))
+    assert not (tmp_path / "out.safetensors").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (("weights", "resnt50"), "unknown backbone 'resnt50'; did you mean 'resnet50'"),
+        (("bench", "resnet18", "--batch-size", "x"), "argument --batch-size: invalid int value"),
+        (("convert", "a.pkl", "b.safetensors", "--format", "mmdett"), "invalid choice: 'mmdett'"),
+        (("frobnicate",), "invalid choice: 'frobnicate'"),
+    ],
+)
+def test_bad_names_and_options_are_one_line(args, fragment):
+    # Before: argparse printed its usage block above the error.
+    _assert_one_line_error(_run_cli(*args), fragment)
+
+
+def test_usage_error_points_to_the_subcommand_help():
+    result = _run_cli("bench")
+    _assert_one_line_error(result, "required: name (see 'backbones bench --help')")
+
+
+def _run_shell(command: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "BACKBONES_DISABLE_PLUGIN_AUTOLOAD": "1", "PYTHONUNBUFFERED": "1"}
+    return subprocess.run(
+        ["bash", "-c", command], capture_output=True, text=True, timeout=120, env=env
+    )
+
+
+def test_output_into_a_closed_pipe_stops_quietly_with_status_141():
+    # `true` exits without reading, so every write meets a closed pipe. Before: a
+    # BrokenPipeError traceback and status 1.
+    cli = f"{shlex.quote(sys.executable)} -m backbones"
+    result = _run_shell(f'{cli} list | true; echo "status=${{PIPESTATUS[0]}}"')
+    assert result.stdout == "status=141\n"
+    assert result.stderr == ""
+
+
+def test_plugins_into_head_prints_the_first_line_and_nothing_on_stderr():
+    cli = f"{shlex.quote(sys.executable)} -m backbones"
+    result = _run_shell(f"{cli} plugins | head -1")
+    assert result.stdout == "entry-point autoload is disabled (BACKBONES_DISABLE_PLUGIN_AUTOLOAD)\n"
+    assert "BrokenPipeError" not in result.stderr
+    assert "Exception ignored" not in result.stderr
+    assert result.stderr == ""
+
+
+def test_ctrl_c_is_one_line_and_status_130():
+    code = (
+        "import sys, backbones.cli as cli\n"
+        "def interrupted(args):\n"
+        "    raise KeyboardInterrupt\n"
+        "cli._cmd_list = interrupted\n"
+        "sys.exit(cli.main(['list']))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.returncode == 130
+    assert result.stderr == "backbones: error: interrupted\n"
+
+
+def test_unexpected_error_is_one_line_with_status_1_and_traceback_shows_it(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+):
+    import backbones.cli as cli
+
+    def broken(args):
+        return 1 // 0
+
+    monkeypatch.setattr(cli, "_cmd_list", broken)
+    assert main(["list"]) == 1
+    err = capsys.readouterr().err
+    assert err == (
+        "backbones: error: unexpected ZeroDivisionError: integer division or modulo by zero "
+        "(run with --traceback for details, and please report it)\n"
+    )
+    with pytest.raises(ZeroDivisionError):
+        main(["--traceback", "list"])
+
+
+def test_library_errors_are_one_line_even_when_their_message_has_several(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+):
+    import backbones.cli as cli
+
+    def failing(args):
+        raise ValueError("first line\nsecond line")
+
+    monkeypatch.setattr(cli, "_cmd_list", failing)
+    assert main(["list"]) == 2
+    assert capsys.readouterr().err == "backbones: error: first line; second line\n"
+
+
+# -- --help: every option with its default and choices ---------------------------------
+
+
+def _subparsers() -> dict[str, argparse.ArgumentParser]:
+    from backbones.cli import _parser
+
+    (sub,) = [a for a in _parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    return dict(sub.choices)
+
+
+def test_every_argument_of_every_subcommand_has_help_and_options_show_a_default():
+    parsers = _subparsers()
+    assert set(parsers) == {"list", "plugins", "bench", "weights", "convert"}
+    for command, parser in parsers.items():
+        for action in parser._actions:
+            if isinstance(action, argparse._HelpAction):
+                continue
+            assert action.help, (command, action.dest)
+            if action.option_strings or action.nargs == "?":
+                assert "default" in action.help, (command, action.dest)
+            if action.choices:
+                assert "%(choices)s" in action.help, (command, action.dest)
+
+
+@pytest.mark.parametrize(
+    ("command", "fragments"),
+    [
+        ("list", ["(default: *, everything)"]),
+        (
+            "bench",
+            [
+                "images per batch (default: 8)",
+                "image height and width (default: 224)",
+                "torch intra-op threads (default: 2)",
+                "interleaved timed rounds (default: 20)",
+                "untimed rounds first (default: 3)",
+                "(default: off)",
+            ],
+        ),
+        (
+            "convert",
+            [
+                "--format {torchvision,timm,mmdet,lightning,detectron2}",
+                "one of: torchvision, timm, mmdet, lightning, detectron2",
+                "(default: detected from the checkpoint's keys)",
+                ".safetensors, .pth, .pt, .bin",
+            ],
+        ),
+        ("weights", ["a registered backbone, e.g. resnet50"]),
+        ("plugins", ["Takes no options."]),
+    ],
+)
+def test_subcommand_help_lists_defaults_and_choices(
+    command: str, fragments: list[str], capsys: pytest.CaptureFixture[str]
+):
+    with pytest.raises(SystemExit) as info:
+        main([command, "--help"])
+    assert info.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())  # argparse wraps lines at the terminal width
+    for fragment in fragments:
+        assert " ".join(fragment.split()) in out
+
+
+def test_convert_format_choices_are_the_known_formats():
+    from backbones.weights import FORMATS
+
+    (fmt,) = [a for a in _subparsers()["convert"]._actions if a.dest == "format"]
+    assert list(fmt.choices) == list(FORMATS)

@@ -15,6 +15,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+import torch
 from torch import nn
 
 import backbones
@@ -24,8 +25,10 @@ from backbones import (
     get_block,
     list_backbones,
     list_blocks,
+    list_heads,
     register_backbone,
     register_block,
+    register_head,
 )
 from backbones.blocks import BasicBlock
 
@@ -88,9 +91,15 @@ def test_unknown_backbone_without_close_match_makes_no_suggestion():
     assert "did you mean" not in str(info.value)
 
 
-@pytest.mark.parametrize("name", [None, 50, ["resnet50"]])
-def test_non_string_backbone_name_is_an_unknown_name(name):
-    with pytest.raises(UnknownNameError, match=re.escape(f"unknown backbone {str(name)!r}")):
+@pytest.mark.parametrize("name", [None, 50, ["resnet50"], b"resnet50"])
+def test_non_string_backbone_name_is_a_type_error_naming_name(name):
+    with pytest.raises(
+        TypeError,
+        match=re.escape(
+            f"name must be a registered backbone name (a str, see list_backbones()), "
+            f"got {type(name).__name__} {name!r}"
+        ),
+    ):
         create_backbone(name)
 
 
@@ -310,8 +319,71 @@ def test_block_kwargs_unknown_to_the_block():
 
 
 def test_block_kwargs_cannot_override_trunk_arguments():
-    with pytest.raises(TypeError, match=r"multiple values for keyword argument 'stride'"):
+    with pytest.raises(
+        TypeError,
+        match=r"block_kwargs cannot set 'stride': the trunk passes it to every block itself; "
+        r"'stride' comes from the trunk \(the stage's place in the network\) and the "
+        r"output_stride option",
+    ):
         create_backbone("resnet18", block_kwargs={"stride": 2})
+
+
+@pytest.mark.parametrize(
+    ("key", "source"),
+    [
+        ("inplanes", "the trunk"),
+        ("planes", "the trunk"),
+        ("downsample", "the trunk"),
+        ("groups", "the variant (ResNetSpec.groups)"),
+        ("base_width", "the variant (ResNetSpec.width_per_group)"),
+        ("dilation", "the output_stride option"),
+        ("first_dilation", "the output_stride option"),
+        ("norm_layer", "the norm_layer option"),
+        ("drop_path", "the drop_path_rate option"),
+    ],
+)
+def test_block_kwargs_naming_a_trunk_argument_names_the_option_that_sets_it(key, source):
+    # Before: Python's "got multiple values for keyword argument", from inside the trunk.
+    with pytest.raises(
+        TypeError,
+        match=re.escape(f"block_kwargs cannot set {key!r}: the trunk passes it to every block")
+        + r".*"
+        + re.escape(f"{key!r} comes from {source}"),
+    ):
+        create_backbone("resnet18", block="basic", block_kwargs={key: 2})
+
+
+def test_block_kwargs_groups_points_to_a_variant_that_sets_it():
+    with pytest.raises(TypeError, match=r"such as resnext50_32x4d, or register a ResNetSpec"):
+        create_backbone("resnet18", block="basic", block_kwargs={"groups": 2})
+
+
+def test_per_stage_block_kwargs_name_the_stage_and_every_trunk_argument():
+    per_stage = [{}, {}, {"stride": 2, "drop_path": 0.1, "ok": 1}, {}]
+    with pytest.raises(
+        TypeError,
+        match=r"block_kwargs\[2\] cannot set 'stride', 'drop_path': the trunk passes them",
+    ):
+        create_backbone("resnet18", block_kwargs=per_stage)
+
+
+@pytest.mark.parametrize(
+    ("block_kwargs", "where", "key"),
+    [
+        ({1: 2}, "block_kwargs", "1"),
+        ({"ok": 1, None: 2}, "block_kwargs", "None"),
+        ([{}, {}, {}, {(1,): 2}], "block_kwargs[3]", "(1,)"),
+    ],
+)
+def test_block_kwargs_keys_must_be_strings(block_kwargs, where, key):
+    # Before: Python's "keywords must be strings", without naming the option.
+    with pytest.raises(
+        TypeError,
+        match=re.escape(
+            f"{where} keys must be str (keyword argument names of the block), got {key}"
+        ),
+    ):
+        create_backbone("resnet18", block_kwargs=block_kwargs)
 
 
 # -- bool options --------------------------------------------------------------------
@@ -329,6 +401,106 @@ def test_bool_option_given_non_bool(option, value):
 def test_unknown_option_is_a_type_error():
     with pytest.raises(TypeError, match="pretrainde"):
         create_backbone("resnet18", pretrainde=True)
+
+
+def test_unknown_option_suggests_close_options_and_lists_every_option():
+    with pytest.raises(TypeError) as info:
+        create_backbone("resnet18", pretrainde=True)
+    text = str(info.value)
+    assert text.startswith(
+        "unknown option 'pretrainde' for create_backbone; did you mean 'pretrained'"
+    )
+    accepted = text.split("accepted: ", 1)[1].split(", ")
+    assert accepted == sorted(accepted)
+    assert {"out_indices", "frozen_stages", "pretrained", "in_chans_strategy"} <= set(accepted)
+    assert len(accepted) == 17
+
+
+def test_unknown_option_without_a_close_match_lists_the_options():
+    with pytest.raises(
+        TypeError, match=r"^unknown option 'xyz' for create_backbone; accepted: block, "
+    ):
+        create_backbone("resnet18", xyz=1)
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "advice"),
+    [
+        (
+            "trainable_layers",
+            3,
+            "(torchvision's spelling): use frozen_stages=1, norm_layer='frozen_batchnorm'",
+        ),
+        ("trainable_layers", 5, "use frozen_stages=-1, norm_layer='frozen_batchnorm'"),
+        ("trainable_layers", 0, "use frozen_stages=4, norm_layer='frozen_batchnorm'"),
+        ("trainable_backbone_layers", "x", "use frozen_stages=4 - t (-1 for t=5)"),
+        ("features_only", True, "(timm's spelling): create_backbone always returns the feature"),
+        ("weights", "IMAGENET1K_V2", "use pretrained='tv2_in1k'"),
+        ("weights", "DEFAULT", "use pretrained=True"),
+        ("weights", None, "use pretrained=False"),
+        ("pretrained_backbone", True, "use pretrained=True for the variant's default weights"),
+        ("replace_stride_with_dilation", [False, False, True], "use output_stride=16"),
+        ("replace_stride_with_dilation", [False, True, True], "use output_stride=8"),
+        ("replace_stride_with_dilation", [True, True, True], "other patterns have no equivalent"),
+        ("returned_layers", [2, 3, 4], "use out_indices=(2, 3, 4)"),
+        ("return_layers", {"relu": "0", "layer3": "1"}, "use out_indices=(0, 3)"),
+        (
+            "out_features",
+            ["res2", "res3", "res5"],
+            "(detectron2's spelling): use out_indices=(1, 2, 4)",
+        ),
+        ("out_features", ["stem"], "its 'stem' (after the max-pool) has no equivalent"),
+        ("norm_cfg", {"type": "SyncBN"}, "(mmdet's spelling): use norm_layer='syncbatchnorm'"),
+        ("norm_cfg", {"type": "BN", "requires_grad": False}, "norm_layer='frozen_batchnorm'"),
+        ("norm", "FrozenBN", "(detectron2's spelling): use norm_layer='frozen_batchnorm'"),
+        ("drop_path", 0.1, "use drop_path_rate=0.1"),
+        ("freeze_at", 2, "use frozen_stages=1"),
+        ("zero_init_residual", True, "use zero_init_last=True"),
+        ("in_channels", 4, "use in_chans=4"),
+        ("num_classes", 10, "create_model(name, 'classification', num_classes=..."),
+        ("depth", 50, "create_backbone('resnet50')"),
+    ],
+)
+def test_other_libraries_spellings_name_our_option(option, value, advice):
+    with pytest.raises(TypeError) as info:
+        create_backbone("resnet18", **{option: value})
+    text = str(info.value)
+    assert text.startswith(f"unknown option {option!r} for create_backbone (")
+    assert advice in text
+
+
+def test_every_unknown_option_is_reported_at_once():
+    with pytest.raises(TypeError) as info:
+        create_backbone("resnet18", features_only=True, out_indice=(1,))
+    text = str(info.value)
+    assert "unknown option 'features_only'" in text
+    assert "unknown option 'out_indice' for create_backbone; did you mean 'out_indices'" in text
+
+
+def test_create_model_backbone_kwargs_go_through_the_same_check():
+    from backbones import create_model
+
+    with pytest.raises(TypeError, match=r"unknown option 'trainable_layers' .*frozen_stages=2"):
+        create_model("resnet18", "classification", backbone_kwargs={"trainable_layers": 2})
+
+
+def test_norm_layer_returning_no_module_names_the_option_and_the_value():
+    # Before: "int is not a Module subclass", from nn.Module.__setattr__.
+    with pytest.raises(
+        TypeError,
+        match=r"norm_layer=.*<lambda> must return an nn\.Module for a channel count; "
+        r"norm_layer\(64\) returned int 5",
+    ):
+        create_backbone("resnet18", norm_layer=lambda c: 5)
+
+
+def test_norm_layer_that_cannot_take_a_channel_count_names_the_option():
+    with pytest.raises(
+        TypeError,
+        match=r"norm_layer=GroupNorm must be callable as norm_layer\(num_channels\); "
+        r"norm_layer\(64\) raised TypeError: .*num_channels",
+    ):
+        create_backbone("resnet18", norm_layer=nn.GroupNorm)
 
 
 def test_options_are_keyword_only():
@@ -417,6 +589,187 @@ def test_failed_registration_leaves_no_trace():
     with pytest.raises(UnknownNameError):
         get_block(name)
     assert name not in list_backbones("*") + list_blocks("*")
+
+
+@pytest.mark.parametrize("obj", [5, "resnet18", None, nn.Identity])
+def test_register_backbone_refuses_a_non_callable(obj):
+    name = unique("test_not_a_factory")
+    if callable(obj):  # a class is a callable factory: accepted
+        register_backbone(name)(obj)
+        assert name in list_backbones()
+        return
+    with pytest.raises(
+        TypeError,
+        match=re.escape(
+            f"backbone {name!r} must be registered with a factory (a callable returning an "
+            f"nn.Module with feature_info), got {type(obj).__name__} {obj!r}"
+        ),
+    ):
+        register_backbone(name)(obj)
+    assert name not in list_backbones()
+
+
+@pytest.mark.parametrize("obj", [5, "fpn", None])
+def test_register_head_refuses_a_non_callable(obj):
+    name = unique("test_not_a_head")
+    with pytest.raises(
+        TypeError,
+        match=re.escape(
+            f"head {name!r} must be registered with a factory (a callable returning a head "
+            f"nn.Module), got {type(obj).__name__} {obj!r}"
+        ),
+    ):
+        register_head(name)(obj)
+    assert name not in list_heads()
+
+
+@pytest.mark.parametrize(
+    ("decorator", "kind"),
+    [(register_backbone, "backbone"), (register_head, "head"), (register_block, "block")],
+)
+def test_register_without_a_name_says_to_give_the_name_first(decorator, kind):
+    # A bare `@register_backbone` used to replace the function with the inner decorator.
+    def my_factory(**options):
+        return nn.Identity()
+
+    with pytest.raises(
+        TypeError,
+        match=rf"a {kind} name must be a non-empty string, got <function .*my_factory.*>; "
+        rf"give the name first: @{decorator.__name__}\('my_name'\)",
+    ):
+        decorator(my_factory)
+
+
+def _register_returning(obj: object) -> str:
+    name = unique("test_bad_factory")
+
+    def bad_factory(**options):
+        return obj
+
+    register_backbone(name)(bad_factory)
+    return name
+
+
+@pytest.mark.parametrize(
+    ("returned", "problem"),
+    [
+        (nn.Identity(), "returned a Identity without a feature_info attribute"),
+        (5, "returned int 5, not an nn.Module"),
+        (None, "returned NoneType None, not an nn.Module"),
+    ],
+)
+def test_factory_result_is_checked_where_the_factory_returns(returned, problem):
+    name = _register_returning(returned)
+    with pytest.raises(
+        TypeError,
+        match=re.escape(f"backbone {name!r}: its factory {__name__}.")
+        + r".*bad_factory "
+        + re.escape(problem)
+        + r"; a factory must return an nn\.Module whose feature_info",
+    ):
+        create_backbone(name)
+
+
+def test_factory_result_with_a_feature_info_of_the_wrong_type():
+    module = nn.Identity()
+    module.feature_info = [{"num_chs": 64, "reduction": 4}]  # timm's list form
+    name = _register_returning(module)
+    with pytest.raises(
+        TypeError, match=r"returned a Identity whose feature_info is a list, not a FeatureInfo"
+    ):
+        create_backbone(name)
+
+
+# -- forward input ---------------------------------------------------------------------
+
+INPUT_CONFIGS = [
+    ("resnet18", {}),  # basic blocks, 7x7 stem
+    ("resnet50", {"out_indices": (0,)}),  # the stem alone
+    ("resnet50d", {}),  # deep stem, average-pooled shortcuts
+    ("resnet50d", {"output_stride": 8, "out_indices": (2, 3, 4)}),  # dilated, "same" pools
+    ("resnet18", {"output_stride": 16, "return_dict": True}),
+]
+
+
+@pytest.mark.parametrize(("variant", "options"), INPUT_CONFIGS)
+@pytest.mark.parametrize("shape", [(1, 3, 0, 0), (2, 3, 0, 32), (1, 3, 32, 0)])
+def test_empty_image_names_the_shape_and_the_minimum_size(variant, options, shape):
+    # Before: torch's "Calculated padded input size per channel: (6 x 6). Kernel size ...".
+    model = create_backbone(variant, **options).eval()
+    with pytest.raises(
+        ValueError,
+        match=re.escape(
+            f"the input of shape {shape} is too small; this backbone expects (N, 3, H, W) "
+            f"(in_chans=3) with H and W at least 1"
+        ),
+    ):
+        model(torch.zeros(shape))
+
+
+@pytest.mark.parametrize(("variant", "options"), INPUT_CONFIGS)
+def test_the_minimum_size_runs_for_every_variant_and_option(variant, options):
+    # Every conv and pool pads, so 1x1 is the true minimum: it must not be refused.
+    model = create_backbone(variant, **options).eval()
+    with torch.no_grad():
+        out = model(torch.randn(2, 3, 1, 1))
+    feats = list(out.values()) if isinstance(out, dict) else out
+    assert [tuple(t.shape[-2:]) for t in feats] == [(1, 1)] * len(model.feature_info)
+
+
+@pytest.mark.parametrize(
+    ("in_chans", "shape"), [(3, (1, 1, 32, 32)), (4, (2, 3, 32, 32)), (1, (1, 3, 16, 16))]
+)
+def test_input_with_the_wrong_channel_count_names_the_expected_shape(in_chans, shape):
+    model = create_backbone("resnet18", in_chans=in_chans, out_indices=(1,)).eval()
+    with pytest.raises(
+        ValueError,
+        match=re.escape(
+            f"the input of shape {shape} has the wrong number of channels; this backbone "
+            f"expects (N, {in_chans}, H, W) (in_chans={in_chans})"
+        ),
+    ):
+        model(torch.zeros(shape))
+
+
+@pytest.mark.parametrize("shape", [(3, 32, 32), (1, 1, 3, 32, 32), (32,)])
+def test_input_that_is_not_4d_names_the_expected_shape(shape):
+    model = create_backbone("resnet18", out_indices=(1,)).eval()
+    with pytest.raises(
+        ValueError,
+        match=re.escape(
+            f"the input of shape ({', '.join(map(str, shape))}) is {len(shape)}-d; this "
+            f"backbone expects (N, 3, H, W)"
+        ),
+    ):
+        model(torch.zeros(shape))
+
+
+def test_input_check_survives_torchscript_and_torch_fx():
+    import torch.fx
+
+    model = create_backbone("resnet18", out_indices=(1, 2)).eval()
+    traced = torch.fx.symbolic_trace(model)
+    # one leaf call, no branch on a proxy's shape: the graph traces and still checks
+    checks = [n for n in traced.graph.nodes if "_check_input" in str(n.target)]
+    assert len(checks) == 1
+    scripted = torch.jit.script(model)
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        for compiled in (traced, scripted):
+            assert [t.shape for t in compiled(x)] == [t.shape for t in model(x)]
+    message = "the input of shape (1, 3, 0, 0) is too small"
+    with pytest.raises(ValueError, match=re.escape(message)):
+        traced(torch.zeros(1, 3, 0, 0))
+    with pytest.raises(torch.jit.Error, match=re.escape(message)):
+        scripted(torch.zeros(1, 3, 0, 0))
+
+
+def test_optimized_copy_keeps_the_input_check():
+    from backbones import optimize_for_inference
+
+    fast = optimize_for_inference(create_backbone("resnet18", out_indices=(1,)))
+    with pytest.raises(ValueError, match=r"has the wrong number of channels"):
+        fast(torch.zeros(1, 1, 32, 32))
 
 
 # -- the exception type itself -------------------------------------------------------

@@ -58,9 +58,11 @@ def test_in_chans_sets_deep_stem_first_conv_input_channels(in_chans):
     assert [t.shape for t in out] == [(1, 64, 16, 16), (1, 256, 8, 8)]
 
 
-def test_input_with_wrong_channel_count_is_rejected_by_the_stem():
+def test_input_with_wrong_channel_count_is_rejected_naming_in_chans():
     model = create_backbone("resnet18", in_chans=4).eval()
-    with pytest.raises(RuntimeError, match="channels"):
+    with pytest.raises(
+        ValueError, match=re.escape("expects (N, 4, H, W) (in_chans=4)")
+    ):  # before: torch's RuntimeError from inside the stem conv
         model(torch.randn(1, 3, 32, 32))
 
 

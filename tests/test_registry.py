@@ -24,6 +24,7 @@ from backbones import (
     register_block,
 )
 from backbones.blocks import BasicBlock, Bottleneck
+from backbones.features import FeatureInfo, FeatureLevel
 from backbones.registry import BACKBONES, BLOCKS, Registry
 
 BUILTIN_BACKBONES = [
@@ -178,9 +179,16 @@ def test_register_backbone_factory_receives_every_option_as_keyword():
     assert [t.shape[1] for t in out.values()] == [128, 256]
 
 
+def tiny_backbone() -> nn.Module:
+    """The smallest object create_backbone accepts from a factory: a module with feature_info."""
+    module = nn.Identity()
+    module.feature_info = FeatureInfo([FeatureLevel(0, 3, 1, "")], (0,))
+    return module
+
+
 def test_registered_backbone_is_listed_and_returned_object_is_passed_through():
     name = unique("test_listed_backbone")
-    sentinel = nn.Identity()
+    sentinel = tiny_backbone()
 
     @register_backbone(name)
     def factory(**options):
@@ -195,7 +203,7 @@ def test_registered_backbone_is_listed_and_returned_object_is_passed_through():
 
 def test_failed_duplicate_registration_keeps_the_first_factory():
     name = unique("test_dup_backbone")
-    first = nn.Identity()
+    first = tiny_backbone()
 
     @register_backbone(name)
     def make_first(**options):
