@@ -350,13 +350,17 @@ def _make_downsample(
         conv = nn.Conv2d(inplanes, plan.out_channels, kernel_size=1, stride=plan.stride, bias=False)
         return nn.Sequential(conv, norm(plan.out_channels))
     # "d" variants: pool, then a stride-1 projection. In dilated stages timm pools
-    # with stride 1 and "same" padding; its layer keeps the numbers identical.
+    # with stride 1 and "same" padding (its AvgPool2dSame). For a 2x2 window at stride
+    # 1 that padding is always one zero row and column after the image, so a fixed pad
+    # gives the same numbers, and torch.fx, TorchScript and torch.export see plain
+    # torch modules (AvgPool2dSame computes the padding from the input size in Python).
     if plan.stride == 1 and plan.dilation == 1:
         pool: nn.Module = nn.Identity()
     elif plan.stride == 1:
-        from timm.layers import AvgPool2dSame
-
-        pool = AvgPool2dSame(2, 1, ceil_mode=True, count_include_pad=False)
+        pool = nn.Sequential(
+            nn.ZeroPad2d((0, 1, 0, 1)),
+            nn.AvgPool2d(2, 1, ceil_mode=True, count_include_pad=False),
+        )
     else:
         pool = nn.AvgPool2d(2, plan.stride, ceil_mode=True, count_include_pad=False)
     conv = nn.Conv2d(inplanes, plan.out_channels, kernel_size=1, stride=1, bias=False)

@@ -27,6 +27,23 @@ def test_optimized_backbone_computes_the_same_features(name: str):
         assert _relative_error(a, b) < 1e-4
 
 
+@pytest.mark.parametrize("output_stride", [16, 8])
+def test_dilated_avg_down_variants_trace_and_optimize(output_stride: int):
+    # the "d" variants pool with "same" padding in dilated stages; that pool must trace
+    torch.manual_seed(0)
+    model = randomize_norm_stats(create_backbone("resnet50d", output_stride=output_stride))
+    model.eval()
+    traced = torch.fx.symbolic_trace(model)
+    fast = optimize_for_inference(model)
+    x = torch.randn(1, 3, 61, 75)  # odd sizes: the padding is one-sided
+    with torch.no_grad():
+        expected = model(x)
+        for got in (traced(x), fast(x)):
+            for a, b in zip(got, expected, strict=True):
+                assert a.shape == b.shape
+                assert _relative_error(a, b) < 1e-4
+
+
 def test_optimized_backbone_has_no_batchnorm_left_and_keeps_feature_info():
     model = create_backbone("resnet50", out_indices=(2, 4))
     fast = optimize_for_inference(model)
