@@ -7,12 +7,15 @@
 - :func:`as_mmdet`: forward returns a tuple of maps, as mmdet's necks expect.
 
 Each wraps the backbone under ``.backbone`` and computes nothing extra; none of those
-libraries is needed to use them.
+libraries is needed to use them. Each compiles with ``torch.jit.script``, traces with
+``torch.fx.symbolic_trace`` and exports with ``torch.export``. TorchScript has no tuple
+of a length known only at run time, so scripted, ``as_mmdet`` returns a list and
+``as_transformers`` a :class:`ScriptedBackboneOutput` whose ``feature_maps`` is a list.
 """
 
-from dataclasses import dataclass
 from typing import NamedTuple
 
+import torch
 from torch import Tensor, nn
 
 from backbones.features import FeatureInfo
@@ -21,6 +24,7 @@ __all__ = [
     "BackboneOutput",
     "Detectron2Backbone",
     "MMDetBackbone",
+    "ScriptedBackboneOutput",
     "ShapeSpec",
     "TransformersBackbone",
     "as_detectron2",
@@ -38,11 +42,19 @@ class ShapeSpec(NamedTuple):
     stride: int | None = None
 
 
-@dataclass
-class BackboneOutput:
-    """transformers' BackboneOutput fields that detection and segmentation models read."""
+class BackboneOutput(NamedTuple):
+    """transformers' BackboneOutput field that detection and segmentation models read.
+
+    A NamedTuple, which torch.fx and torch.export carry through as they do tuples.
+    """
 
     feature_maps: tuple[Tensor, ...]
+
+
+class ScriptedBackboneOutput(NamedTuple):
+    """:class:`BackboneOutput` under TorchScript, which has no variable-length tuples."""
+
+    feature_maps: list[Tensor]
 
 
 def _feature_info(backbone: nn.Module) -> FeatureInfo:
@@ -56,7 +68,10 @@ def _feature_info(backbone: nn.Module) -> FeatureInfo:
 
 
 def _as_list(features: list[Tensor] | dict[str, Tensor]) -> list[Tensor]:
-    return list(features.values()) if isinstance(features, dict) else list(features)
+    # isinstance(x, list), not dict: TorchScript resolves only the former.
+    if isinstance(features, list):
+        return features
+    return list(features.values())
 
 
 def detectron2_name(module: str) -> str:
@@ -92,21 +107,32 @@ class Detectron2Backbone(nn.Module):
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         features = _as_list(self.backbone(x))
-        return dict(zip(self._out_features, features, strict=True))
+        out: dict[str, Tensor] = {}  # a loop: TorchScript has no dict(zip(...))
+        for i, name in enumerate(self._out_features):
+            out[name] = features[i]
+        return out
 
 
 class TransformersBackbone(nn.Module):
     """A backbone with transformers' backbone attributes. Build with :func:`as_transformers`."""
 
+    # Annotated here, not in __init__, where TorchScript does not read them.
+    out_features: list[str]
+    channels: list[int]
+
     def __init__(self, backbone: nn.Module) -> None:
         super().__init__()
         self.backbone = backbone
         info = _feature_info(backbone)
-        self.out_features: list[str] = info.module_name()
-        self.channels: list[int] = info.channels()
+        self.out_features = info.module_name()
+        self.channels = info.channels()
 
-    def forward(self, pixel_values: Tensor) -> BackboneOutput:
-        return BackboneOutput(feature_maps=tuple(_as_list(self.backbone(pixel_values))))
+    # No return annotation: the type differs under TorchScript (see the module docstring).
+    def forward(self, pixel_values: Tensor):  # BackboneOutput
+        features = _as_list(self.backbone(pixel_values))
+        if torch.jit.is_scripting():  # TorchScript compiles this branch only
+            return ScriptedBackboneOutput(features)
+        return BackboneOutput(feature_maps=tuple(features))
 
 
 class MMDetBackbone(nn.Module):
@@ -117,8 +143,12 @@ class MMDetBackbone(nn.Module):
         self.backbone = backbone
         _feature_info(backbone)
 
-    def forward(self, x: Tensor) -> tuple[Tensor, ...]:
-        return tuple(_as_list(self.backbone(x)))
+    # No return annotation: the type differs under TorchScript (see the module docstring).
+    def forward(self, x: Tensor):  # tuple[Tensor, ...]
+        features = _as_list(self.backbone(x))
+        if torch.jit.is_scripting():  # TorchScript compiles this branch only
+            return features
+        return tuple(features)
 
 
 def as_detectron2(backbone: nn.Module) -> Detectron2Backbone:

@@ -2,8 +2,9 @@
 
 from collections import OrderedDict
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
+import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
@@ -18,16 +19,37 @@ class BackboneWithHead(nn.Module):
     Assigning ``model.head = create_head(...)`` swaps the head; the backbone's
     weights are untouched.
 
+    Its state_dict keys are ``backbone.*`` and ``head.*``. ``load_state_dict`` also
+    accepts torchvision's names for the same modules, so torchvision's checkpoints
+    load with ``strict=True``: ``body.*`` (``BackboneWithFPN``'s trunk, inside every
+    torchvision detector) goes to ``backbone.*``, and a name that is a child of the
+    backbone or of the head (``conv1``, ``layer1``; ``fpn``, ``fc``, ``classifier``,
+    ``aux_classifier``) goes under it.
+
     Args:
         backbone: a backbone with ``feature_info``.
         head: a module whose forward takes the backbone's list of features.
     """
+
+    # TorchScript compiles properties; these are read in Python only (torchvision
+    # reads out_channels once, when it builds a detector).
+    __jit_unused_properties__ = ["feature_info", "out_channels"]  # noqa: RUF012  # torch reads a list
+    _resize_output: bool
 
     def __init__(self, backbone: nn.Module, head: nn.Module) -> None:
         super().__init__()
         self.backbone = backbone
         self.head = head
         self._frozen_backbone: dict[str, bool] | None = None
+        self.register_load_state_dict_pre_hook(_accept_torchvision_names)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        super().__setattr__(name, value)
+        if name == "head":
+            # Read once per head, not per forward: TorchScript, FX and torch.export
+            # then see a plain bool, whatever way the head declares it.
+            resize = bool(getattr(value, "resize_to_input", False))
+            object.__setattr__(self, "_resize_output", resize)
 
     def freeze_backbone(self) -> "BackboneWithHead":
         """Train only the head: the backbone gets no gradients and stays in eval mode.
@@ -72,13 +94,30 @@ class BackboneWithHead(nn.Module):
             raise AttributeError(f"head {type(self.head).__name__} has no int out_channels")
         return channels
 
-    def forward(self, x: Tensor) -> Any:
+    # No return annotation: TorchScript infers the head's own output type (a dict for
+    # fpn, a tensor for classification), which torchvision's scripted detectors need.
+    def forward(self, x: Tensor):
         features = self.backbone(x)
-        if isinstance(features, dict):  # a backbone built with return_dict=True
-            features = list(features.values())
-        out = self.head(features)
-        if getattr(self.head, "resize_to_input", False):  # dense heads: logits at image size
-            out = resize_logits(out, x.shape[-2:])
+        # Both branches call the head; TorchScript compiles only the one matching the
+        # backbone's output type (a backbone built with return_dict=True gives a dict).
+        if isinstance(features, list):
+            out = self.head(features)
+        else:
+            out = self.head(list(features.values()))
+        if self._resize_output:  # dense heads: logits at the image size
+            size = x.shape[-2:]
+            if not torch.jit.is_scripting():
+                out = resize_logits(out, size)
+            # TorchScript types `out` statically, so it compiles one of these two.
+            elif isinstance(out, Tensor):
+                out = F.interpolate(out, size=size, mode="bilinear", align_corners=False)
+            else:  # {"out": ..., "aux": ...}
+                resized: dict[str, Tensor] = OrderedDict()
+                for key, value in out.items():
+                    resized[key] = F.interpolate(
+                        value, size=size, mode="bilinear", align_corners=False
+                    )
+                out = resized
         return out
 
 
@@ -86,7 +125,41 @@ def resize_logits(logits: Any, size: Sequence[int]) -> Any:
     """Bilinearly resize logits, or each value of a dict of logits, to ``size``."""
     if isinstance(logits, dict):
         return OrderedDict((k, resize_logits(v, size)) for k, v in logits.items())
-    return F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False)
+    # size goes to interpolate as given: x.shape[-2:] under torch.fx is a proxy,
+    # which tuple() cannot iterate.
+    return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+
+
+def _accept_torchvision_names(
+    module: nn.Module,
+    state_dict: dict[str, Any],
+    prefix: str,
+    *args: Any,
+) -> None:
+    """Before loading, rename torchvision's keys for our modules to our keys.
+
+    torchvision's detectors hold their trunk as ``body`` and the FPN as ``fpn``
+    (``BackboneWithFPN``); its classifiers and segmentation models put ``fc``,
+    ``classifier`` and ``aux_classifier`` next to the trunk. Only keys whose first
+    name is not ours (``backbone``, ``head``) are renamed, so our own state_dicts load
+    as they are; a key that still matches nothing stays and is reported as unexpected.
+    """
+    backbone = cast(nn.Module, module.backbone)
+    head = cast(nn.Module, module.head)
+    for key in [k for k in state_dict if k.startswith(prefix)]:
+        first, _, rest = key[len(prefix) :].partition(".")
+        if first in ("backbone", "head") or not rest:
+            continue
+        if first == "body":
+            new = f"backbone.{rest}"
+        elif first in backbone._modules:
+            new = f"backbone.{first}.{rest}"
+        elif first in head._modules:
+            new = f"head.{first}.{rest}"
+        else:
+            continue
+        if prefix + new not in state_dict:  # never overwrite one of our own keys
+            state_dict[prefix + new] = state_dict.pop(key)
 
 
 def create_model(
@@ -110,7 +183,8 @@ def create_model(
 
     Raises:
         TypeError: ``backbone`` is neither a name nor a module with ``feature_info``,
-            or options are given for a part that is already built.
+            ``backbone_kwargs`` is not a dict, or options are given for a part that is
+            already built.
         UnknownNameError: a name is not registered.
 
     Example:
@@ -118,6 +192,11 @@ def create_model(
         >>> model.head.fc.out_features
         10
     """
+    if backbone_kwargs is not None and not isinstance(backbone_kwargs, dict):
+        raise TypeError(
+            f"backbone_kwargs must be a dict of create_backbone options, e.g. "
+            f"{{'out_indices': (2, 3, 4)}}, or None; got {backbone_kwargs!r}"
+        )
     if isinstance(backbone, str):
         backbone = create_backbone(backbone, **(backbone_kwargs or {}))
     elif not isinstance(backbone, nn.Module) or not hasattr(backbone, "feature_info"):

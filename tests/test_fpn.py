@@ -1,14 +1,18 @@
 """The fpn head: torchvision's BackboneWithFPN contract, and its detectors training on it."""
 
+import re
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import torch
 import torchvision
 from helpers import randomize_norm_stats
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 from torchvision.models.detection import FCOS, FasterRCNN, KeypointRCNN, MaskRCNN, RetinaNet
-from torchvision.models.detection.backbone_utils import BackboneWithFPN
+from torchvision.models.detection.backbone_utils import BackboneWithFPN, resnet_fpn_backbone
+from torchvision.ops import FrozenBatchNorm2d
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP6P7
 
 from backbones import create_backbone, create_head, create_model
@@ -134,3 +138,68 @@ def test_torchvision_detector_trains_and_predicts_on_our_fpn(name: str):
     assert len(predictions) == 2
     assert {"boxes", "labels", "scores"} <= set(predictions[0])
     assert predictions[0]["boxes"].shape[-1] == 4
+
+
+# -- freezing as torchvision's resnet_fpn_backbone(trainable_layers=t) ---------------------
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def _readme_equivalent_of_trainable_layers(t: int) -> dict:
+    """The create_backbone options the README gives for torchvision's trainable_layers=t."""
+    text = " ".join(README.read_text().split())
+    match = re.search(
+        r"`([^`]*frozen_stages=4 - t)` for `t` in 0\.\.4, and `([^`]*frozen_stages=-1)` for `t=5`",
+        text,
+    )
+    assert match, "README no longer states the equivalent of trainable_layers"
+    options = match.group(1) if t < 5 else match.group(2)
+    return eval(f"dict({options})", {"__builtins__": {}, "dict": dict, "t": t})
+
+
+def _norms(model: nn.Module, rename: Callable[[str], str]) -> dict[str, tuple[str, bool]]:
+    """{name: (type, updates statistics in train mode)} for every norm module."""
+    return {
+        rename(name): (type(m).__name__, isinstance(m, _BatchNorm) and m.training)
+        for name, m in model.named_modules()
+        if isinstance(m, _BatchNorm | FrozenBatchNorm2d)
+    }
+
+
+def _trainable(model: nn.Module, rename: Callable[[str], str]) -> set[str]:
+    return {rename(name) for name, p in model.named_parameters() if p.requires_grad}
+
+
+@pytest.mark.parametrize("t", range(6))
+def test_readme_equivalent_of_trainable_layers_trains_what_torchvision_trains(t: int):
+    options = _readme_equivalent_of_trainable_layers(t)
+    reference = resnet_fpn_backbone(
+        backbone_name="resnet50", weights=None, norm_layer=FrozenBatchNorm2d, trainable_layers=t
+    ).train()
+    model = create_model("resnet50", "fpn", backbone_kwargs=options).train()
+    backbone = create_backbone("resnet50", **options).train()
+
+    def as_model(name: str) -> str:  # torchvision's BackboneWithFPN names -> ours
+        return re.sub(r"^body\.", "backbone.", re.sub(r"^fpn\.", "head.fpn.", name))
+
+    def as_backbone(name: str) -> str:
+        return name.removeprefix("body.")
+
+    assert _trainable(model, str) == _trainable(reference, as_model)
+    body = {n for n in _trainable(reference, str) if n.startswith("body.")}
+    assert _trainable(backbone, str) == {as_backbone(n) for n in body}
+    reference_norms = _norms(reference, as_model)
+    assert _norms(model, str) == reference_norms
+    assert not any(updates for _, updates in reference_norms.values())
+    assert _norms(backbone, lambda n: f"backbone.{n}") == {
+        k: v for k, v in reference_norms.items() if k.startswith("backbone.")
+    }
+
+    # Same weights, train mode: the same features (no statistics move on either side).
+    model.load_state_dict(reference.state_dict(), strict=True)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.randn(2, 3, 64, 64)
+    ours, theirs = model(x), reference(x)
+    for key in theirs:
+        torch.testing.assert_close(ours[key], theirs[key])
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

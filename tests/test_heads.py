@@ -65,8 +65,8 @@ def test_classification_head_matches_torchvision_fc_with_its_weights():
     ("options", "message"),
     [
         ({"num_classes": -1}, "num_classes must be an int >= 0, got -1"),
-        ({"pool_type": "mean"}, "pool_type='mean' is not supported; accepted: ('avg', 'max'"),
-        ({"drop_rate": 1.0}, r"drop_rate=1.0 is out of range; accepted: [0, 1)"),
+        ({"pool_type": "mean"}, "pool_type='mean' is not supported; accepted: 'avg', 'max'"),
+        ({"drop_rate": 1.0}, "drop_rate must be a probability in [0, 1), got 1.0"),
     ],
 )
 def test_classification_head_rejects_bad_options(options: dict, message: str):
@@ -74,6 +74,40 @@ def test_classification_head_rejects_bad_options(options: dict, message: str):
     with pytest.raises(ValueError) as err:
         create_head("classification", feature_info=bb.feature_info, **options)
     assert message in str(err.value)
+
+
+# Wrong type -> TypeError, right type out of range -> ValueError; the message names the
+# option, the value and what is accepted.
+@pytest.mark.parametrize(
+    ("head", "options", "error", "message"),
+    [
+        ("classification", {"drop_rate": "0.1"}, TypeError, "drop_rate must be a probability"),
+        ("classification", {"drop_rate": True}, TypeError, "drop_rate must be a probability"),
+        ("classification", {"num_classes": "10"}, TypeError, "num_classes must be an int >= 0"),
+        ("classification", {"num_classes": 2.0}, TypeError, "num_classes must be an int >= 0"),
+        ("classification", {"pool_type": None}, TypeError, "pool_type must be one of 'avg'"),
+        ("classification", {"pool_type": 1}, TypeError, "pool_type must be one of 'avg'"),
+        ("fpn", {"out_channels": "256"}, TypeError, "out_channels must be a positive int"),
+        ("fpn", {"out_channels": 0}, ValueError, "out_channels must be a positive int, got 0"),
+        ("fpn", {"extra_blocks": True}, TypeError, "extra_blocks must be one of 'maxpool'"),
+        ("fpn", {"extra_blocks": "p6"}, ValueError, "extra_blocks='p6' is not supported"),
+    ],
+)
+def test_head_options_of_the_wrong_type_raise_type_errors(
+    head: str, options: dict, error: type, message: str
+):
+    bb = create_backbone("resnet18", out_indices=(3, 4))
+    with pytest.raises(error) as err:
+        create_head(head, feature_info=bb.feature_info, **options)
+    assert type(err.value) is error
+    assert message in str(err.value)
+    assert repr(next(iter(options.values()))) in str(err.value)
+
+
+@pytest.mark.parametrize("value", ["x", ["in_chans", 1], 3])
+def test_create_model_rejects_backbone_kwargs_that_are_not_a_dict(value):
+    with pytest.raises(TypeError, match=r"backbone_kwargs must be a dict of create_backbone"):
+        create_model("resnet18", "classification", backbone_kwargs=value)
 
 
 def test_create_head_needs_a_feature_info():

@@ -72,10 +72,11 @@ def test_semantic_fpn_has_one_branch_per_level_upsampling_to_the_finest_stride()
     ("head", "options", "message"),
     [
         ("fcn", {"num_classes": 0}, "num_classes must be a positive int, got 0"),
-        ("deeplabv3", {"atrous_rates": (6, -1)}, "atrous_rates must be positive ints"),
+        ("deeplabv3", {"atrous_rates": (6, -1)}, "atrous_rates must be a non-empty list or"),
+        ("deeplabv3", {"atrous_rates": ()}, "atrous_rates must be a non-empty list or tuple"),
         ("semantic_fpn", {"channels": 100}, "channels must be a positive multiple of 32"),
         ("fcn", {"aux": True}, "aux=True classifies the second-deepest feature"),
-        ("upernet", {"pool_scales": (1, 0)}, "pool_scales must be positive ints, got (1, 0)"),
+        ("upernet", {"pool_scales": (1, 0)}, "tuple of positive ints, got (1, 0)"),
         ("upernet", {"channels": -8}, "channels must be a positive int, got -8"),
         ("upernet", {"dropout": 1.5}, "dropout must be a probability in [0, 1), got 1.5"),
     ],
@@ -84,6 +85,35 @@ def test_segmentation_heads_reject_bad_options(head: str, options: dict, message
     bb = create_backbone("resnet18", out_indices=(4,))
     with pytest.raises(ValueError, match=re.escape(message)):
         create_head(head, feature_info=bb.feature_info, **options)
+
+
+# Wrong type -> TypeError naming the option, the value and what is accepted (these were
+# raw Python errors, or, for aux="no", silently an aux head).
+@pytest.mark.parametrize(
+    ("head", "options", "message"),
+    [
+        ("deeplabv3", {"atrous_rates": 12}, "atrous_rates must be a non-empty list or tuple"),
+        ("deeplabv3", {"atrous_rates": "12"}, "atrous_rates must be a non-empty list or tuple"),
+        ("deeplabv3", {"atrous_rates": (6.0, 12)}, "tuple of positive ints, got (6.0, 12)"),
+        ("upernet", {"pool_scales": 6}, "pool_scales must be a non-empty list or tuple"),
+        ("upernet", {"dropout": "0.1"}, "dropout must be a probability in [0, 1), got '0.1'"),
+        ("upernet", {"channels": 64.0}, "channels must be a positive int, got 64.0"),
+        ("semantic_fpn", {"channels": "128"}, "channels must be a positive multiple of 32"),
+        ("semantic_fpn", {"fpn_channels": None}, "fpn_channels must be a positive multiple"),
+        ("fcn", {"num_classes": "5"}, "num_classes must be a positive int, got '5'"),
+        ("fcn", {"aux": "no"}, "aux must be True or False, got 'no'"),
+        ("deeplabv3", {"aux": 0}, "aux must be True or False, got 0"),
+        ("upernet", {"aux": "no"}, "aux must be True or False, got 'no'"),
+    ],
+)
+def test_segmentation_heads_reject_options_of_the_wrong_type(
+    head: str, options: dict, message: str
+):
+    bb = create_backbone("resnet18", out_indices=(3, 4))
+    with pytest.raises(TypeError) as err:
+        create_head(head, feature_info=bb.feature_info, **options)
+    assert type(err.value) is TypeError
+    assert message in str(err.value)
 
 
 def test_upernet_fuses_every_level_at_the_finest_stride_and_has_an_aux_head():

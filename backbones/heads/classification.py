@@ -9,6 +9,7 @@ from timm.layers import ClassifierHead
 from torch import Tensor
 
 from backbones.features import FeatureInfo
+from backbones.heads._options import check_choice, check_int, check_probability
 
 __all__ = ["POOL_TYPES", "ClassificationHead", "classification_head"]
 
@@ -26,7 +27,11 @@ class ClassificationHead(ClassifierHead):
     """
 
     def forward(self, features: list[Tensor]) -> Tensor:  # type: ignore[override]
-        return super().forward(features[-1])
+        # timm's forward, step by step: TorchScript cannot compile super().forward.
+        x = self.global_pool(features[-1])
+        x = self.drop(x)
+        x = self.fc(x)
+        return self.flatten(x)
 
 
 def classification_head(
@@ -48,6 +53,7 @@ def classification_head(
         A :class:`ClassificationHead`.
 
     Raises:
+        TypeError: an option has the wrong type; the message names it.
         ValueError: an option is out of range; the message names it.
 
     Example:
@@ -55,12 +61,9 @@ def classification_head(
         >>> bb = create_backbone("resnet18")
         >>> head = classification_head(feature_info=bb.feature_info, num_classes=10)
     """
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
-        raise ValueError(f"num_classes must be an int >= 0, got {num_classes!r}")
-    if pool_type not in POOL_TYPES:
-        raise ValueError(f"pool_type={pool_type!r} is not supported; accepted: {POOL_TYPES}")
-    if not 0.0 <= drop_rate < 1.0:
-        raise ValueError(f"drop_rate={drop_rate!r} is out of range; accepted: [0, 1)")
+    check_int("num_classes", num_classes, minimum=0)
+    check_choice("pool_type", pool_type, POOL_TYPES)
+    rate = check_probability("drop_rate", drop_rate)
     return ClassificationHead(
-        feature_info.channels()[-1], num_classes, pool_type=pool_type, drop_rate=drop_rate
+        feature_info.channels()[-1], num_classes, pool_type=pool_type, drop_rate=rate
     )

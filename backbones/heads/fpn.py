@@ -17,6 +17,7 @@ from torchvision.ops.feature_pyramid_network import (
 )
 
 from backbones.features import FeatureInfo
+from backbones.heads._options import check_choice, check_int
 
 __all__ = ["EXTRA_BLOCKS", "FPNHead", "fpn_head"]
 
@@ -40,9 +41,13 @@ class FPNHead(nn.Module):
         self.out_channels = out_channels
         self.fpn = FeaturePyramidNetwork(in_channels, out_channels, extra_blocks=extra_blocks)
 
-    def forward(self, features: list[Tensor]) -> "OrderedDict[str, Tensor]":
-        # torchvision's detectors look levels up by these names ("0", "1", ...).
-        named = OrderedDict((str(i), f) for i, f in enumerate(features))
+    def forward(self, features: list[Tensor]) -> dict[str, Tensor]:
+        # torchvision's detectors look levels up by these names ("0", "1", ...). A loop
+        # and a dict annotation, as TorchScript compiles them; the FPN returns an
+        # OrderedDict in eager mode.
+        named: dict[str, Tensor] = OrderedDict()
+        for i, feature in enumerate(features):
+            named[str(i)] = feature
         return self.fpn(named)
 
 
@@ -64,6 +69,7 @@ def fpn_head(
         An :class:`FPNHead`; the composed model exposes its ``out_channels``.
 
     Raises:
+        TypeError: an option has the wrong type; the message names it.
         ValueError: an option is out of range; the message names it.
 
     Example:
@@ -73,17 +79,11 @@ def fpn_head(
         >>> model.out_channels
         256
     """
-    if isinstance(out_channels, bool) or not isinstance(out_channels, int) or out_channels < 1:
-        raise ValueError(f"out_channels must be a positive int, got {out_channels!r}")
-    extra: ExtraFPNBlock | None
+    check_int("out_channels", out_channels)
+    check_choice("extra_blocks", extra_blocks, EXTRA_BLOCKS)
+    extra: ExtraFPNBlock | None = None
     if extra_blocks == "maxpool":
         extra = LastLevelMaxPool()
     elif extra_blocks == "p6p7":
         extra = LastLevelP6P7(out_channels, out_channels)
-    elif extra_blocks is None:
-        extra = None
-    else:
-        raise ValueError(
-            f"extra_blocks={extra_blocks!r} is not supported; accepted: 'maxpool', 'p6p7', None"
-        )
     return FPNHead(feature_info.channels(), out_channels, extra)

@@ -24,6 +24,7 @@ from torchvision.models.segmentation.fcn import FCNHead
 from torchvision.ops import Conv2dNormActivation, FeaturePyramidNetwork
 
 from backbones.features import FeatureInfo
+from backbones.heads._options import check_bool, check_int, check_int_sequence, check_probability
 
 __all__ = [
     "SegmentationHead",
@@ -34,6 +35,19 @@ __all__ = [
     "semantic_fpn_head",
     "upernet_head",
 ]
+
+
+def _numbered(features: list[Tensor]) -> dict[str, Tensor]:
+    """``{"0": features[0], "1": ...}``, the input torchvision's FeaturePyramidNetwork takes."""
+    named: dict[str, Tensor] = OrderedDict()
+    for i, feature in enumerate(features):
+        named[str(i)] = feature
+    return named
+
+
+def _with_aux(out: Tensor, aux: Tensor) -> dict[str, Tensor]:
+    """``{"out": ..., "aux": ...}``, as torchvision's segmentation models with ``aux_loss``."""
+    return OrderedDict([("out", out), ("aux", aux)])
 
 
 class SegmentationHead(nn.Module):
@@ -51,11 +65,13 @@ class SegmentationHead(nn.Module):
         self.classifier = classifier
         self.aux_classifier = aux_classifier
 
-    def forward(self, features: list[Tensor]) -> Tensor | dict[str, Tensor]:
+    def forward(self, features: list[Tensor]):  # Tensor, or dict[str, Tensor] with aux
+        # No return annotation: TorchScript resolves `is None` on a module attribute
+        # when it compiles, and infers a tensor or a dict for this instance.
         out = self.classifier(features[-1])
         if self.aux_classifier is None:
             return out
-        return OrderedDict(out=out, aux=self.aux_classifier(features[-2]))
+        return _with_aux(out, self.aux_classifier(features[-2]))
 
 
 class SemanticFPNHead(nn.Module):
@@ -88,8 +104,13 @@ class SemanticFPNHead(nn.Module):
         norm = partial(nn.GroupNorm, 32)
         finest = min(strides)
         self.branches = nn.ModuleList()
+        # Whether a branch's output still needs its last upsampling to the finest level:
+        # decided here from the strides, so forward has no shape test, which torch.fx
+        # cannot trace.
+        self.upsample_last: list[bool] = []
         for stride in strides:
             steps = max(int(stride // finest).bit_length() - 1, 0)  # log2(stride / finest)
+            self.upsample_last.append(steps > 0)
             layers: list[nn.Module] = []
             for i in range(max(steps, 1)):
                 width = fpn_channels if i == 0 else channels
@@ -100,12 +121,13 @@ class SemanticFPNHead(nn.Module):
         self.classifier = nn.Conv2d(channels, num_classes, 1)
 
     def forward(self, features: list[Tensor]) -> Tensor:
-        pyramid = list(self.fpn(OrderedDict((str(i), f) for i, f in enumerate(features))).values())
+        pyramid = list(self.fpn(_numbered(features)).values())
         size = pyramid[0].shape[-2:]
         fused = pyramid[0].new_zeros(())
-        for branch, level in zip(self.branches, pyramid, strict=True):
-            x = branch(level)
-            if x.shape[-2:] != size:
+        # Indexing, not zip: TorchScript iterates a ModuleList only with enumerate.
+        for i, branch in enumerate(self.branches):
+            x = branch(pyramid[i])
+            if self.upsample_last[i]:
                 x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
             fused = fused + x
         return self.classifier(fused)
@@ -157,43 +179,43 @@ class UperNetHead(nn.Module):
         self.classifier = nn.Conv2d(channels, num_classes, 1)
         self.aux_classifier = aux_classifier
 
+    # Loops over ModuleLists use enumerate and indexing, and lists are concatenated
+    # with +, the forms TorchScript compiles.
     def _pyramid_pooling(self, x: Tensor) -> Tensor:
-        pooled = [
-            F.interpolate(branch(x), size=x.shape[-2:], mode="bilinear", align_corners=False)
-            for branch in self.ppm
-        ]
-        return self.ppm_bottleneck(torch.cat([x, *pooled], dim=1))
+        pooled = [x]
+        for branch in self.ppm:
+            pooled.append(
+                F.interpolate(branch(x), size=x.shape[-2:], mode="bilinear", align_corners=False)
+            )
+        return self.ppm_bottleneck(torch.cat(pooled, dim=1))
 
-    def forward(self, features: list[Tensor]) -> Tensor | dict[str, Tensor]:
-        levels = [conv(f) for conv, f in zip(self.lateral_convs, features, strict=False)]
+    def forward(self, features: list[Tensor]):  # Tensor, or dict[str, Tensor] with aux
+        # No return annotation, as in SegmentationHead.forward.
+        levels: list[Tensor] = []
+        for i, conv in enumerate(self.lateral_convs):
+            levels.append(conv(features[i]))
         levels.append(self._pyramid_pooling(features[-1]))
         for i in range(len(levels) - 1, 0, -1):  # top-down: add each level into the finer one
             levels[i - 1] = levels[i - 1] + F.interpolate(
                 levels[i], size=levels[i - 1].shape[-2:], mode="bilinear", align_corners=False
             )
-        outs = [conv(level) for conv, level in zip(self.fpn_convs, levels, strict=False)]
+        outs: list[Tensor] = []
+        for i, conv in enumerate(self.fpn_convs):
+            outs.append(conv(levels[i]))
         outs.append(levels[-1])
         size = outs[0].shape[-2:]
-        outs = [
-            o if o.shape[-2:] == size else F.interpolate(o, size, mode="bilinear") for o in outs
-        ]
+        # Every level after the first is resized to it without a shape test, which
+        # torch.fx cannot trace; one already at that size is copied unchanged.
+        for i in range(1, len(outs)):
+            outs[i] = F.interpolate(outs[i], size=size, mode="bilinear", align_corners=False)
         out = self.classifier(self.dropout(self.fuse(torch.cat(outs, dim=1))))
         if self.aux_classifier is None:
             return out
-        return OrderedDict(out=out, aux=self.aux_classifier(features[-2]))
-
-
-def _is_positive_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value > 0
-
-
-def _check_num_classes(num_classes: object) -> None:
-    if not _is_positive_int(num_classes):
-        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+        return _with_aux(out, self.aux_classifier(features[-2]))
 
 
 def _aux(feature_info: FeatureInfo, aux: bool, num_classes: int) -> nn.Module | None:
-    if not aux:
+    if not check_bool("aux", aux):
         return None
     if len(feature_info) < 2:
         raise ValueError(
@@ -214,13 +236,14 @@ def fcn_head(
         aux: add an auxiliary FCN head on the second-deepest map.
 
     Raises:
+        TypeError: an option has the wrong type (``aux`` must be a bool).
         ValueError: ``num_classes`` is not positive, or ``aux`` without two maps.
 
     Example:
         >>> model = create_model(create_backbone("resnet50", output_stride=8), "fcn",
         ...                      num_classes=5)  # doctest: +SKIP
     """
-    _check_num_classes(num_classes)
+    check_int("num_classes", num_classes)
     return SegmentationHead(
         FCNHead(feature_info.channels()[-1], num_classes), _aux(feature_info, aux, num_classes)
     )
@@ -242,18 +265,15 @@ def deeplabv3_head(
         aux: add an auxiliary FCN head on the second-deepest map.
 
     Raises:
-        ValueError: a bad option; the message names it.
+        TypeError: an option has the wrong type; the message names it.
+        ValueError: an option is out of range; the message names it.
 
     Example:
         >>> seg = create_model(create_backbone("resnet50", output_stride=8), "deeplabv3",
         ...                    num_classes=21)  # doctest: +SKIP
     """
-    _check_num_classes(num_classes)
-    rates = tuple(atrous_rates)
-    if not rates or not all(
-        isinstance(r, int) and not isinstance(r, bool) and r > 0 for r in rates
-    ):
-        raise ValueError(f"atrous_rates must be positive ints, got {atrous_rates!r}")
+    check_int("num_classes", num_classes)
+    rates = check_int_sequence("atrous_rates", atrous_rates)
     return SegmentationHead(
         DeepLabHead(feature_info.channels()[-1], num_classes, rates),
         _aux(feature_info, aux, num_classes),
@@ -276,12 +296,13 @@ def semantic_fpn_head(
         channels: channels of the upsampling branches (a multiple of 32, for GroupNorm).
 
     Raises:
-        ValueError: a bad option; the message names it.
+        TypeError: an option has the wrong type; the message names it.
+        ValueError: an option is out of range; the message names it.
     """
-    _check_num_classes(num_classes)
-    for name, value in (("fpn_channels", fpn_channels), ("channels", channels)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 32 or value % 32:
-            raise ValueError(f"{name} must be a positive multiple of 32, got {value!r}")
+    check_int("num_classes", num_classes)
+    # GroupNorm's 32 groups need multiples of 32.
+    check_int("fpn_channels", fpn_channels, minimum=32, multiple_of=32)
+    check_int("channels", channels, minimum=32, multiple_of=32)
     return SemanticFPNHead(
         feature_info.channels(), feature_info.reduction(), num_classes, fpn_channels, channels
     )
@@ -307,24 +328,21 @@ def upernet_head(
         aux: add an auxiliary FCN head on the second-deepest map.
 
     Raises:
-        ValueError: a bad option; the message names it.
+        TypeError: an option has the wrong type; the message names it.
+        ValueError: an option is out of range; the message names it.
 
     Example:
         >>> seg = create_model("resnet50", "upernet", num_classes=150)  # doctest: +SKIP
     """
-    _check_num_classes(num_classes)
-    if not _is_positive_int(channels):
-        raise ValueError(f"channels must be a positive int, got {channels!r}")
-    scales = tuple(pool_scales)
-    if not scales or not all(_is_positive_int(s) for s in scales):
-        raise ValueError(f"pool_scales must be positive ints, got {pool_scales!r}")
-    if not isinstance(dropout, int | float) or not 0.0 <= dropout < 1.0:
-        raise ValueError(f"dropout must be a probability in [0, 1), got {dropout!r}")
+    check_int("num_classes", num_classes)
+    check_int("channels", channels)
+    scales = check_int_sequence("pool_scales", pool_scales)
+    rate = check_probability("dropout", dropout)
     return UperNetHead(
         feature_info.channels(),
         num_classes,
         channels,
         scales,
-        float(dropout),
+        rate,
         _aux(feature_info, aux, num_classes),
     )
