@@ -3,7 +3,7 @@
 Trains ``create_model(<backbone>, "semantic_fpn" | "deeplabv3" | "upernet")`` to label every pixel
 as background, rectangle, ellipse or triangle, reports mIoU (torchmetrics'
 MulticlassJaccardIndex) on held-out images before and after training, and saves a PNG
-of images, true masks and predicted masks.
+of images, true masks and predicted masks, under column titles and a colour key.
 
     python examples/segmentation.py                      # semantic_fpn on resnet18
     python examples/segmentation.py --head deeplabv3     # ASPP on a dilated backbone
@@ -16,10 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from torchmetrics.classification import MulticlassJaccardIndex
-from torchvision.utils import save_image
+from torchvision.utils import make_grid
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -29,6 +30,9 @@ from backbones import create_backbone, create_model
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "output" / "segmentation.png"
 PALETTE = torch.tensor([[0, 0, 0], [230, 60, 60], [60, 200, 60], [60, 90, 230]]) / 255.0
+COLUMNS = ("image", "truth", "prediction")
+PADDING = 2  # px between the pictures of the grid
+LINE = 14  # px per line of text above the grid
 
 
 def _semantic_batch(batch: list[tuple[Tensor, dict[str, Tensor]]]) -> tuple[Tensor, Tensor]:
@@ -55,16 +59,57 @@ def mean_iou(model: nn.Module, loader: DataLoader) -> float:
     return float(metric.compute())
 
 
-def save_predictions(model: nn.Module, images: Tensor, labels: Tensor, path: Path) -> None:
-    """Rows of image, true mask, predicted mask."""
+def _header(width: int, tile: int) -> Image.Image:
+    """Column titles over each column, then a key of the mask colours (wrapped to fit)."""
+    font = ImageFont.load_default()
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    key: list[list[tuple[int, float]]] = [[]]  # per line: (class, x)
+    x = float(PADDING)
+    for label, name in enumerate(CLASSES):
+        item = 12 + measure.textlength(name, font=font) + 8
+        if key[-1] and x + item > width:
+            key.append([])
+            x = PADDING
+        key[-1].append((label, x))
+        x += item
+    header = Image.new("RGB", (width, LINE * (1 + len(key)) + PADDING), "white")
+    draw = ImageDraw.Draw(header)
+    for column, title in enumerate(COLUMNS):
+        start = PADDING + column * (tile + PADDING)
+        draw.text((start + (tile - draw.textlength(title, font=font)) / 2, 1), title,
+                  fill="black", font=font)  # fmt: skip
+    for row, line in enumerate(key, start=1):
+        y = row * LINE + 1
+        for label, left in line:
+            colour = tuple(int(c) for c in (PALETTE[label] * 255).round().tolist())
+            draw.rectangle((left, y + 2, left + 9, y + 10), fill=colour, outline="grey")
+            draw.text((left + 12, y), CLASSES[label], fill="black", font=font)
+    return header
+
+
+def save_predictions(model: nn.Module, images: Tensor, labels: Tensor, path: Path) -> int:
+    """Rows of image, true mask, predicted mask, under column titles and a colour key.
+
+    Returns the height of the header above the pictures, in pixels.
+    """
     model.eval()
     with torch.no_grad():
         predicted = model(images).argmax(1)
     rows = []
     for image, truth, guess in zip(images, labels, predicted, strict=True):
         rows += [image, PALETTE[truth].permute(2, 0, 1), PALETTE[guess].permute(2, 0, 1)]
+    # White gaps: the masks' background is black.
+    grid = make_grid(torch.stack(rows), nrow=len(COLUMNS), padding=PADDING, pad_value=1.0)
+    pictures = Image.fromarray(
+        (grid * 255 + 0.5).clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+    )
+    header = _header(pictures.width, images.shape[-1])
+    canvas = Image.new("RGB", (pictures.width, header.height + pictures.height), "white")
+    canvas.paste(header, (0, 0))
+    canvas.paste(pictures, (0, header.height))
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_image(torch.stack(rows), path, nrow=3, padding=2)
+    canvas.save(path)
+    return header.height
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -108,7 +153,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     miou_after = mean_iou(model, val_loader)
 
     images, labels = next(iter(val_loader))
-    save_predictions(model, images[:4], labels[:4], args.out)
+    header_height = save_predictions(model, images[:4], labels[:4], args.out)
     window = max(1, min(10, len(losses) // 3))
     result = {
         "miou_before": miou_before,
@@ -116,6 +161,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "loss_first": sum(losses[:window]) / window,
         "loss_last": sum(losses[-window:]) / window,
         "png": str(args.out),
+        "header_height": header_height,
         "seconds": time.perf_counter() - started,
     }
     print(f"mIoU before training: {miou_before:.3f}, after {args.steps} steps: {miou_after:.3f}")

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import importlib.util
+import math
 import sys
 from pathlib import Path
 from types import ModuleType
 
+import numpy as np
 import pytest
 import torch
 
@@ -79,7 +81,7 @@ def test_shapes_targets_are_consistent(shapes: ModuleType) -> None:
     assert seen_labels == {1, 2, 3}
 
 
-def test_detection_example_learns(tmp_path: Path) -> None:
+def test_detection_example_learns(tmp_path: Path, shapes: ModuleType) -> None:
     from PIL import Image
 
     detection = _load("detection")
@@ -109,7 +111,27 @@ def test_detection_example_learns(tmp_path: Path) -> None:
     assert result["png"] == out and out.is_file()
     with Image.open(out) as png:
         png.verify()
+    legend = result["drawn"]["legend_height"]
+    assert 10 <= legend <= 60
     with Image.open(out) as png:
-        # 8 images of 96 px in a grid of 4 columns, with 4 px of padding around each.
+        # A legend, then 8 images of 96 px in a grid of 4 columns, 4 px of padding around each.
         assert png.format == "PNG" and png.mode == "RGB"
-        assert png.size == (4 * (96 + 4) + 4, 2 * (96 + 4) + 4)
+        assert png.size == (4 * (96 + 4) + 4, legend + 2 * (96 + 4) + 4)
+        pixels = torch.from_numpy(np.asarray(png.convert("RGB")).copy())
+
+    # The picture shows every ground-truth box, and the top 3 predictions of every image
+    # even though a 40-step detector scores them all low.
+    shown = shapes.ShapesDataset(length=8, image_size=96, seed=10_000)  # the example's val set
+    targets = [shown[i][1] for i in range(8)]
+    assert result["drawn"]["ground_truth"] == sum(len(t["boxes"]) for t in targets)
+    assert 8 <= result["drawn"]["predictions"] <= 3 * 8
+    # Ground-truth boxes are dashed white and black: image 0's top edges are pure white or
+    # pure black pixels, which its noisy background never is.
+    top, left = legend + 4, 4
+    for x1, y1, x2, _ in targets[0]["boxes"].tolist():
+        best = 0.0
+        for y in {math.floor(y1), round(y1), math.ceil(y1)}:
+            row = pixels[top + y, left + math.ceil(x1) + 1 : left + math.floor(x2)]
+            dashes = ((row == 0).all(1) | (row == 255).all(1)).float().mean().item()
+            best = max(best, dashes)
+        assert best > 0.9, (x1, y1, x2, best)
