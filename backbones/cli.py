@@ -165,7 +165,7 @@ def _parser() -> argparse.ArgumentParser:
         default="*",
         help="fnmatch pattern, e.g. 'resnet*' (default: %(default)s, everything)",
     )
-    p_list.set_defaults(run=_cmd_list)
+    p_list.set_defaults(run=_cmd_list, parser=p_list)
 
     p_plugins = sub.add_parser(
         "plugins",
@@ -173,7 +173,7 @@ def _parser() -> argparse.ArgumentParser:
         description="List every plugin, its distribution, what it registered, what failed "
         "and which names are contested. Takes no options.",
     )
-    p_plugins.set_defaults(run=_cmd_plugins)
+    p_plugins.set_defaults(run=_cmd_plugins, parser=p_plugins)
 
     p_bench = sub.add_parser(
         "bench",
@@ -202,7 +202,7 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also time optimize_for_inference (BatchNorm folded, channels_last) (default: off)",
     )
-    p_bench.set_defaults(run=_cmd_bench)
+    p_bench.set_defaults(run=_cmd_bench, parser=p_bench)
 
     p_weights = sub.add_parser(
         "weights",
@@ -211,7 +211,7 @@ def _parser() -> argparse.ArgumentParser:
         "licence. Takes no options.",
     )
     p_weights.add_argument("name", help="a registered backbone, e.g. resnet50")
-    p_weights.set_defaults(run=_cmd_weights)
+    p_weights.set_defaults(run=_cmd_weights, parser=p_weights)
 
     p_convert = sub.add_parser(
         "convert",
@@ -232,7 +232,7 @@ def _parser() -> argparse.ArgumentParser:
         help="the source's format, one of: %(choices)s "
         "(default: detected from the checkpoint's keys)",
     )
-    p_convert.set_defaults(run=_cmd_convert)
+    p_convert.set_defaults(run=_cmd_convert, parser=p_convert)
     return parser
 
 
@@ -255,7 +255,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     141 when a reader closes the pipe early (``| head``), as a command killed by
     SIGPIPE would, with nothing printed.
     """
-    args = _parser().parse_args(argv)
+    args, unknown = _parser().parse_known_args(argv)
+    if unknown:  # name the subcommand whose --help lists what it takes
+        args.parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         status = int(args.run(args))
         sys.stdout.flush()  # inside the try: a closed pipe surfaces here, not at exit

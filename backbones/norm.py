@@ -54,6 +54,12 @@ def resolve_norm_layer(norm_layer: str | NormLayer) -> NormLayer:
             return NORM_LAYERS[norm_layer]
         except KeyError:
             raise UnknownNameError("norm_layer", norm_layer, list(NORM_LAYERS)) from None
+    if isinstance(norm_layer, nn.Module):  # callable too, but on tensors, not channel counts
+        raise TypeError(
+            f"norm_layer must build one norm per layer from a channel count, e.g. "
+            f"nn.BatchNorm2d or lambda c: nn.GroupNorm(16, c), not a module already built "
+            f"({norm_layer!r}); or a name: {', '.join(NORM_LAYERS)}"
+        )
     if callable(norm_layer):
         return _checked_norm_layer(norm_layer)
     raise TypeError(

@@ -80,16 +80,18 @@ def accuracy(model: nn.Module, loader: DataLoader) -> float:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--backbone", default="resnet18")
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    parser.add_argument("--backbone", default="resnet18", help="a registered backbone name")
     parser.add_argument("--data", type=Path, default=None, help="an ImageFolder directory")
-    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--steps", type=int, default=300, help="training steps (synthetic data)")
     parser.add_argument("--epochs", type=int, default=1, help="passes over --data")
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--image-size", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--val-size", type=int, default=64)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch-size", type=int, default=16, help="images per step")
+    parser.add_argument("--image-size", type=int, default=64, help="square image side in pixels")
+    parser.add_argument("--lr", type=float, default=2e-3, help="learning rate")
+    parser.add_argument("--val-size", type=int, default=64, help="held-out images for accuracy")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (data and init)")
     parser.add_argument(
         "--save", type=Path, default=None, help="save_backbone() the trained backbone"
     )

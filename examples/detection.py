@@ -58,16 +58,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--backbone", default="resnet18", help="a registered backbone name")
     parser.add_argument(
-        "--block", default=None, help="a registered block for every stage (default: the backbone's)"
+        "--block",
+        default=None,
+        help="a registered block for every stage; none keeps the backbone's own",
     )
     parser.add_argument("--steps", type=int, default=400, help="training steps")
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=8, help="images per step")
     parser.add_argument("--image-size", type=int, default=128, help="square image side in pixels")
     parser.add_argument("--lr", type=float, default=0.02, help="peak SGD learning rate")
     parser.add_argument("--fpn-channels", type=int, default=64, help="FPN width")
     parser.add_argument("--val-images", type=int, default=64, help="held-out images for mAP")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="PNG of predictions")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="random seed (data and init)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     if args.backbone not in list_backbones():

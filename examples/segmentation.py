@@ -113,17 +113,19 @@ def save_predictions(model: nn.Module, images: Tensor, labels: Tensor, path: Pat
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--backbone", default="resnet18")
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    parser.add_argument("--backbone", default="resnet18", help="a registered backbone name")
     heads = ["semantic_fpn", "deeplabv3", "upernet"]
-    parser.add_argument("--head", default="semantic_fpn", choices=heads)
-    parser.add_argument("--steps", type=int, default=150)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--image-size", type=int, default=96)
-    parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--val-size", type=int, default=16)
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--head", default="semantic_fpn", choices=heads, help="segmentation head")
+    parser.add_argument("--steps", type=int, default=150, help="training steps")
+    parser.add_argument("--batch-size", type=int, default=8, help="images per step")
+    parser.add_argument("--image-size", type=int, default=96, help="square image side in pixels")
+    parser.add_argument("--lr", type=float, default=2e-3, help="AdamW learning rate")
+    parser.add_argument("--val-size", type=int, default=16, help="held-out images for mIoU")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="PNG of predictions")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (data and init)")
     args = parser.parse_args(argv)
 
     torch.manual_seed(args.seed)

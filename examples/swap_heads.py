@@ -53,14 +53,20 @@ def _train(
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--backbone", default="resnet18")
-    parser.add_argument("--backbone-weights", type=Path, default=None)
-    parser.add_argument("--pretrain-steps", type=int, default=300)
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    parser.add_argument("--backbone", default="resnet18", help="a registered backbone name")
+    parser.add_argument(
+        "--backbone-weights", type=Path, default=None, help="weights file; none pretrains first"
+    )
+    parser.add_argument(
+        "--pretrain-steps", type=int, default=300, help="backbone pretraining steps"
+    )
     parser.add_argument("--steps", type=int, default=60, help="head-only training steps")
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--image-size", type=int, default=64)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch-size", type=int, default=16, help="images per step")
+    parser.add_argument("--image-size", type=int, default=64, help="square image side in pixels")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (data and init)")
     args = parser.parse_args(argv)
     torch.manual_seed(args.seed)
 

@@ -165,6 +165,12 @@ def test_usage_error_points_to_the_subcommand_help():
     _assert_one_line_error(result, "required: name (see 'backbones bench --help')")
 
 
+def test_an_unknown_option_points_to_the_subcommand_help():
+    # Before: "(see 'backbones --help')", whose help does not list the subcommand's options.
+    result = _run_cli("list", "--bogus")
+    _assert_one_line_error(result, "unrecognized arguments: --bogus (see 'backbones list --help')")
+
+
 def _run_shell(command: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "BACKBONES_DISABLE_PLUGIN_AUTOLOAD": "1", "PYTHONUNBUFFERED": "1"}
     return subprocess.run(

@@ -494,6 +494,16 @@ def test_norm_layer_returning_no_module_names_the_option_and_the_value():
         create_backbone("resnet18", norm_layer=lambda c: 5)
 
 
+def test_norm_layer_given_a_built_module_says_to_pass_the_class():
+    # Before: AttributeError: 'int' object has no attribute 'dim', from BatchNorm's forward.
+    with pytest.raises(
+        TypeError,
+        match=r"norm_layer must build one norm per layer from a channel count, e\.g\. "
+        r"nn\.BatchNorm2d .*not a module already built \(BatchNorm2d\(3,",
+    ):
+        create_backbone("resnet18", norm_layer=nn.BatchNorm2d(3))
+
+
 def test_norm_layer_that_cannot_take_a_channel_count_names_the_option():
     with pytest.raises(
         TypeError,
