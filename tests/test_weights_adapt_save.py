@@ -485,7 +485,78 @@ def test_pretrained_cfg_first_conv_and_pool_size_match_timm(name: str):
 
 def test_pool_size_follows_the_input_size_and_timm_still_resolves_the_data_config():
     bb = create_backbone("resnet18", pretrained_cfg_overlay={"input_size": (3, 160, 160)})
-    assert bb.pretrained_cfg["pool_size"] == (7, 7)  # an overlay replaces values as given
+    assert bb.pretrained_cfg["pool_size"] == (5, 5)  # recomputed for the overlaid size
+    assert bb(torch.randn(1, 3, 160, 160))[-1].shape[-2:] == (5, 5)
     assert resolve_data_config(model=bb)["input_size"] == (3, 160, 160)
+    overlay = {"input_size": [3, 256, 192], "pool_size": (1, 1)}
+    given = create_backbone("resnet18", pretrained_cfg_overlay=overlay).pretrained_cfg
+    assert given["pool_size"] == (1, 1)  # given with it: kept as given
+    assert given["input_size"] == (3, 256, 192)  # a list becomes timm's tuple
     assert create_backbone("resnet18", in_chans=1).pretrained_cfg["pool_size"] == (7, 7)
     assert create_backbone("resnet50d").pretrained_cfg["pool_size"] == (7, 7)
+
+
+# --- save_backbone writes only .safetensors names ---------------------------------------
+
+
+@pytest.mark.parametrize("name", ["bb.pth", "bb.txt", "bb", "bb.safetensors.bak"])
+def test_save_backbone_refuses_a_name_that_is_not_safetensors(tmp_path: Path, name: str):
+    bb = create_backbone("resnet18", out_indices=(1,))
+    target = tmp_path / name
+    with pytest.raises(WeightsError, match=r"must end in \.safetensors") as info:
+        save_backbone(bb, target)
+    message = str(info.value)
+    assert f"cannot save to {target}: save_backbone writes a safetensors file" in message
+    assert ("torch.save(bb.state_dict(), path)" in message) == name.endswith(".pth")
+    assert list(tmp_path.iterdir()) == []  # checked before anything is written
+
+
+# --- every weights option is checked, with or without pretrained= ------------------------
+
+
+def test_weights_options_are_checked_without_pretrained():
+    with pytest.raises(UnknownNameError, match=r"unknown checkpoint format 'bogus'.*pretrained_"):
+        create_backbone("resnet18", pretrained_format="bogus")
+    with pytest.raises(WeightsError, match=r"^pretrained_sha256='zz' is not a hex digest"):
+        create_backbone("resnet18", pretrained_sha256="zz")
+    with pytest.raises(WeightsError, match=r"^sha256='zz' is not a hex digest"):
+        from backbones.weights import load_pretrained
+
+        load_pretrained(create_backbone("resnet18"), "unused.pth", sha256="zz")
+
+
+@pytest.mark.parametrize(
+    ("overlay", "error", "fragment"),
+    [
+        ({"mean": 3}, TypeError, "['mean'] must be a sequence of 3 numbers"),
+        ({"mean": ("a", 0.5, 0.5)}, TypeError, "['mean'] must be a sequence of 3 numbers"),
+        ({"mean": (0.5, 0.5)}, ValueError, "['mean'] must be 3 numbers, one per input channel"),
+        ({"std": (0.2, 0.0, 0.2)}, ValueError, "['std'] must be positive"),
+        ({"input_size": 224}, TypeError, "['input_size'] must be 3 ints"),
+        ({"input_size": (3, 224)}, ValueError, "['input_size'] must be 3 positive ints"),
+        ({"input_size": (3, 0, 224)}, ValueError, "['input_size'] must be 3 positive ints"),
+        ({"input_size": (1, 224, 224)}, ValueError, "['input_size'] must start with in_chans=3"),
+        ({"crop_pct": "0.9"}, TypeError, "['crop_pct'] must be a number"),
+        ({"crop_pct": 1.5}, ValueError, "['crop_pct'] must be in (0, 1]"),
+        ({"crop_pct": 0}, ValueError, "['crop_pct'] must be in (0, 1]"),
+        ({"interpolation": 3}, TypeError, "['interpolation'] must be a str"),
+        ({"crop_mode": None}, TypeError, "['crop_mode'] must be a str"),
+        ({"pool_size": (7,)}, ValueError, "['pool_size'] must be 2 positive ints"),
+        ({"pool_size": (7.0, 7.0)}, TypeError, "['pool_size'] must be 2 ints"),
+        ({"num_classes": True}, TypeError, "['num_classes'] must be an int"),
+        ({"license": 1}, TypeError, "['license'] must be a str"),
+    ],
+)
+def test_cfg_overlay_values_are_checked_by_key(overlay: dict, error: type, fragment: str):
+    with pytest.raises(error, match=r"^pretrained_cfg_overlay" + re.escape(fragment)) as info:
+        create_backbone("resnet18", pretrained_cfg_overlay=overlay)
+    assert repr(next(iter(overlay.values()))) in str(info.value)  # the bad value, echoed
+
+
+def test_cfg_overlay_values_become_tuples_and_follow_in_chans():
+    overlay = {"mean": [0.5, 0.5, 0.5, 0.5], "std": [1, 1, 1, 1], "input_size": [4, 64, 64]}
+    cfg = create_backbone("resnet18", in_chans=4, pretrained_cfg_overlay=overlay).pretrained_cfg
+    assert cfg["mean"] == (0.5, 0.5, 0.5, 0.5) and cfg["std"] == (1.0, 1.0, 1.0, 1.0)
+    assert cfg["input_size"] == (4, 64, 64) and cfg["pool_size"] == (2, 2)
+    with pytest.raises(ValueError, match=r"\['mean'\] must be 4 numbers.*in_chans=4"):
+        create_backbone("resnet18", in_chans=4, pretrained_cfg_overlay={"mean": (0.5,) * 3})

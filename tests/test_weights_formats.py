@@ -458,3 +458,78 @@ def test_a_few_bad_keys_keep_the_plain_headline(tmp_path: Path, tv18):
     torch.save(state, tmp_path / "almost.pth")
     with pytest.raises(WeightsLoadError, match=r"^weights do not fit the backbone; nothing"):
         create_backbone("resnet18", pretrained=tmp_path / "almost.pth")
+
+
+def test_weights_of_another_depth_are_another_architecture_whatever_the_fraction(
+    tmp_path: Path, tv18
+):
+    torch.save(tv18.state_dict(), tmp_path / "resnet18.pth")
+    with pytest.raises(WeightsLoadError) as info:
+        create_backbone("resnet34", pretrained=tmp_path / "resnet18.pth")
+    first = str(info.value).splitlines()[0]
+    report = info.value.report
+    n_ours = len([k for k in create_backbone("resnet34").state_dict() if "num_batches" not in k])
+    assert 2 * len(report.missing) < n_ours  # under half missing: the fraction alone says no
+    assert first.startswith("these weights are for a different architecture: ")
+    assert f"{len(report.missing)} of the backbone's {n_ours} tensors" in first
+    assert "the checkpoint has 2, 2, 2, 2 blocks in layer1, layer2, layer3, layer4" in first
+    assert "the backbone 3, 4, 6, 3" in first
+
+
+def test_a_checkpoint_without_some_stages_is_not_another_architecture(tmp_path: Path, tv18):
+    state = {k: v for k, v in tv18.state_dict().items() if not k.startswith("layer4.")}
+    torch.save(state, tmp_path / "no_layer4.pth")
+    with pytest.raises(WeightsLoadError, match=r"^weights do not fit the backbone; nothing"):
+        create_backbone("resnet18", pretrained=tmp_path / "no_layer4.pth")
+
+
+# --- convert refuses a forced format that does not fit -----------------------------------
+
+
+def test_convert_with_a_format_that_does_not_fit_writes_nothing_and_says_so(tmp_path: Path, tv18):
+    pkl = tmp_path / "d2_r18.pkl"
+    with open(pkl, "wb") as f:
+        pickle.dump({"model": _detectron2_state(tv18)}, f)
+    out = tmp_path / "o2.safetensors"
+    with pytest.raises(WeightsError, match=r"read with the given format 'torchvision'") as info:
+        convert_checkpoint(pkl, out, format="torchvision")
+    message = str(info.value)
+    assert "not a ResNet backbone under our names" in message
+    assert "keys outside conv1/bn1/layer1..4, e.g. 'backbone.bottom_up.stem.conv1.weight'" in (
+        message
+    )
+    assert "'roi_heads.box_predictor.cls_score.weight'" in message
+    assert "Drop --format (format=) to detect the format, which gives 'detectron2'" in message
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == [pkl.name]
+    # the CLI says the same, and no "wrote ..." line
+    result = subprocess.run(
+        [sys.executable, "-m", "backbones", "convert", str(pkl), str(out), "--format", "timm"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode != 0 and "wrote" not in result.stdout
+    assert "read with the given format 'timm'" in result.stderr
+    assert not out.exists()
+
+
+def test_convert_refuses_a_checkpoint_that_is_not_a_resnet(tmp_path: Path):
+    torch.save({"encoder.weight": torch.zeros(2, 2)}, tmp_path / "other.pth")
+    with pytest.raises(WeightsError, match=r"read with the detected format 'torchvision'") as info:
+        convert_checkpoint(tmp_path / "other.pth", tmp_path / "o.safetensors")
+    message = str(info.value)
+    assert "no stem convolution 'conv1.weight' or 'conv1.0.weight'; no 'layer1.' keys" in message
+    assert "give it with --format (format=)" in message
+    assert not (tmp_path / "o.safetensors").exists()
+
+
+def test_convert_of_a_pickle_with_objects_quotes_torch_without_terminal_codes(tmp_path: Path, tv18):
+    import argparse
+
+    src = tmp_path / "train.pth"
+    torch.save({"state_dict": tv18.state_dict(), "args": argparse.Namespace(lr=0.1)}, src)
+    with pytest.raises(WeightsError, match=r"holds objects other than tensors") as info:
+        convert_checkpoint(src, tmp_path / "o.safetensors")
+    message = str(info.value)
+    assert "\x1b" not in message
+    assert "torch said: WeightsUnpickler error: Unsupported global: GLOBAL argparse." in message

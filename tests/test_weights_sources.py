@@ -328,6 +328,23 @@ def test_missing_file_lists_the_accepted_forms(tmp_path: Path) -> None:
         assert form in message
 
 
+def test_missing_path_that_reads_as_a_hub_id_suggests_the_prefix(tmp_path: Path) -> None:
+    with pytest.raises(WeightsError, match=r"no such file") as info:
+        create_backbone("resnet50", pretrained="timm/resnet50.a1_in1k")
+    assert "did you mean 'hf-hub:timm/resnet50.a1_in1k'?" in str(info.value)
+    (tmp_path / "weights").mkdir()
+    for path in (
+        "weights/r18.pth",  # a weights file's suffix
+        "./timm/resnet50.a1_in1k",  # explicitly relative
+        "/timm/resnet50.a1_in1k",
+        "a/b/c",
+        str(tmp_path / "weights" / "r18"),  # an existing folder
+    ):
+        with pytest.raises(WeightsError, match=r"no such file") as info:
+            build(path)
+        assert "did you mean" not in str(info.value), path
+
+
 def test_pkl_file_points_to_the_converter(tmp_path: Path, state: dict[str, Tensor]) -> None:
     path = tmp_path / "model_final.pkl"
     torch.save(state, path)  # whatever it holds, a .pkl is never unpickled
@@ -800,6 +817,31 @@ def test_damaged_cached_file_without_a_hash_is_downloaded_again(
 # --- 7. the hub: invalid ids before any request, an unreachable hub in seconds -----------
 
 
+@pytest.fixture(autouse=True)
+def _fresh_hub_probes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test probes its own endpoints: no answer remembered from another test."""
+    from backbones.weights import sources
+
+    monkeypatch.setattr(sources, "_HUB_PROBES", {})
+
+
+@pytest.fixture
+def online_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, server: Server) -> Path:
+    """huggingface_hub online, its endpoint the counting ``server`` (404 for every file)."""
+    import huggingface_hub.constants as hf_constants
+
+    cache = tmp_path / "hf-cache"
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(hf_constants, "ENDPOINT", server.url)
+    monkeypatch.setattr(
+        hf_constants,
+        "HUGGINGFACE_CO_URL_TEMPLATE",
+        server.url + "/{repo_id}/resolve/{revision}/{filename}",
+    )
+    return cache
+
+
 def _closed_port() -> int:
     import socket
 
@@ -870,3 +912,54 @@ def test_unreachable_hub_still_loads_cached_files(
     bb = build("hf-hub:someone/old-r18")
     assert time.monotonic() - start < 10
     assert_matches(bb, image, reference)
+
+
+def test_a_hub_that_answers_but_serves_nothing_says_so(online_hub: Path, server: Server) -> None:
+    with pytest.raises(WeightsError) as info:
+        build("hf-hub:someone/missing-r18")
+    message = str(info.value)
+    assert message.startswith("hf-hub:someone/missing-r18: found none of")
+    assert f"the hub at {server.url} answered, but the files could not be fetched" in message
+    assert "404" in message  # the client's hidden cause
+    assert "Check the repository id, HF_ENDPOINT and the network" in message
+    assert "HF_HUB_OFFLINE=1" in message
+
+
+def test_one_create_backbone_probes_the_hub_once(
+    online_hub: Path,
+    server: Server,
+    state: dict[str, Tensor],
+    image: Tensor,
+    reference: list[Tensor],
+) -> None:
+    snapshot = fake_repo(
+        online_hub, "someone/tiny-r18", "main", COMMIT_MAIN, {"model.safetensors": state}
+    )
+    (snapshot / "config.json").write_text(json.dumps({"pretrained_cfg": {"crop_pct": 0.95}}))
+    bb = build("hf-hub:someone/tiny-r18")  # the weights, then config.json, from the cache
+    assert_matches(bb, image, reference)
+    assert bb.pretrained_cfg["crop_pct"] == 0.95
+    assert server.hits["/"] == 1, server.hits  # the probe: HEAD of the endpoint
+
+
+def test_threads_share_one_probe_of_an_endpoint(
+    monkeypatch: pytest.MonkeyPatch, online_hub: Path, server: Server
+) -> None:
+    from backbones.weights import sources
+
+    barrier = threading.Barrier(6)
+    answers: list[str] = []
+
+    def probe() -> None:
+        barrier.wait()
+        answers.append(sources._hub_unreachable())
+
+    threads = [threading.Thread(target=probe) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert answers == [""] * 6 and server.hits["/"] == 1
+    # once the answer is older than HUB_PROBE_TTL, the endpoint is asked again
+    monkeypatch.setattr(sources, "HUB_PROBE_TTL", 0.0)
+    assert sources._hub_unreachable() == "" and server.hits["/"] == 2

@@ -6,11 +6,19 @@ loads. ``bb.pretrained_cfg`` is its :meth:`PretrainedCfg.to_dict`, the same keys
 timm's, so ``timm.data.resolve_data_config(model=bb)`` and ``create_transform`` work.
 """
 
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, replace
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "PretrainedCfg", "channel_stats", "set_attributes"]
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "PretrainedCfg",
+    "channel_stats",
+    "check_cfg_overlay",
+    "set_attributes",
+]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -91,6 +99,108 @@ def channel_stats(
     """
     picks = list(sources) if sources is not None else [i % len(mean) for i in range(in_chans)]
     return tuple(mean[i] for i in picks), tuple(std[i] for i in picks)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _positive_ints(key: str, value: object, n: int, what: str) -> tuple[int, ...]:
+    """``value`` as a tuple of ``n`` positive ints, or TypeError/ValueError naming ``key``."""
+    shown = f"got {value!r} ({type(value).__name__})"
+    if not isinstance(value, list | tuple) or not all(_is_int(v) for v in value):
+        raise TypeError(f"pretrained_cfg_overlay[{key!r}] must be {n} ints ({what}), {shown}")
+    if len(value) != n or not all(v > 0 for v in value):
+        raise ValueError(
+            f"pretrained_cfg_overlay[{key!r}] must be {n} positive ints ({what}), {shown}"
+        )
+    return tuple(value)
+
+
+def _channel_values(key: str, value: object, in_chans: int) -> tuple[float, ...]:
+    """Per-channel ``mean`` / ``std``: ``in_chans`` finite numbers (std: positive)."""
+    shown = f"got {value!r} ({type(value).__name__})"
+    what = f"{in_chans} numbers, one per input channel (in_chans={in_chans})"
+    if not isinstance(value, list | tuple) or not all(_is_number(v) for v in value):
+        raise TypeError(f"pretrained_cfg_overlay[{key!r}] must be a sequence of {what}; {shown}")
+    if len(value) != in_chans or not all(math.isfinite(v) for v in value):
+        raise ValueError(f"pretrained_cfg_overlay[{key!r}] must be {what}; {shown}")
+    if key == "std" and not all(v > 0 for v in value):  # images are divided by it
+        raise ValueError(f"pretrained_cfg_overlay['std'] must be positive numbers; {shown}")
+    return tuple(float(v) for v in value)
+
+
+def check_cfg_overlay(overlay: Mapping[str, Any], *, in_chans: int) -> dict[str, Any]:
+    """``pretrained_cfg_overlay``'s values, checked against :class:`PretrainedCfg`'s fields.
+
+    Lists become tuples (timm's transforms expect tuples); ``pool_size``, which is not a
+    field but a result of ``input_size``, is accepted too.
+
+    Args:
+        overlay: keys of ``pretrained_cfg`` to new values.
+        in_chans: the model's input channels: ``input_size[0]`` and the length of
+            ``mean`` / ``std`` must equal it.
+
+    Returns:
+        The overlay with normalised values.
+
+    Raises:
+        ValueError: an unknown key, or a value out of range (``crop_pct`` outside
+            (0, 1], a non-positive size, ``mean`` of another length than ``in_chans``);
+            the message names the key.
+        TypeError: a value of the wrong type; the message names the key.
+
+    Example:
+        >>> check_cfg_overlay({"mean": [0.5, 0.5, 0.5]}, in_chans=3)
+        {'mean': (0.5, 0.5, 0.5)}
+    """
+    types = {f.name: f.type for f in fields(PretrainedCfg)}
+    accepted = sorted([*types, "pool_size"])
+    unknown = sorted(set(overlay) - set(accepted))
+    if unknown:
+        raise ValueError(f"pretrained_cfg_overlay has unknown keys {unknown}; accepted: {accepted}")
+    out: dict[str, Any] = {}
+    for key, value in overlay.items():
+        shown = f"got {value!r} ({type(value).__name__})"
+        if key in ("mean", "std"):
+            out[key] = _channel_values(key, value, in_chans)
+        elif key == "input_size":
+            size = _positive_ints(key, value, 3, "channels, height, width")
+            if size[0] != in_chans:
+                raise ValueError(
+                    f"pretrained_cfg_overlay['input_size'] must start with in_chans="
+                    f"{in_chans} (channels, height, width), {shown}"
+                )
+            out[key] = size
+        elif key == "pool_size":
+            out[key] = _positive_ints(key, value, 2, "height, width of the last map")
+        elif key == "crop_pct":
+            if not _is_number(value):
+                raise TypeError(f"pretrained_cfg_overlay['crop_pct'] must be a number, {shown}")
+            if not 0 < value <= 1:
+                raise ValueError(
+                    f"pretrained_cfg_overlay['crop_pct'] must be in (0, 1] (the centre "
+                    f"crop's fraction of the resized image), {shown}"
+                )
+            out[key] = float(value)
+        elif types[key] is int:  # num_classes
+            if not _is_int(value):
+                raise TypeError(f"pretrained_cfg_overlay[{key!r}] must be an int, {shown}")
+            if value < 0:
+                raise ValueError(f"pretrained_cfg_overlay[{key!r}] must be >= 0, {shown}")
+            out[key] = value
+        else:  # the str fields: names, sources, licence, interpolation, crop_mode
+            kind = types[key]
+            if isinstance(kind, type) and not isinstance(value, kind):
+                raise TypeError(
+                    f"pretrained_cfg_overlay[{key!r}] must be a {kind.__name__}, {shown}"
+                )
+            out[key] = value
+    return out
 
 
 def set_attributes(model: Any, **values: Any) -> None:

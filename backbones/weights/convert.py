@@ -22,7 +22,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from backbones.weights.formats import check_format, strip_outer_prefix, to_our_names
+from backbones.weights.formats import (
+    FORMATS,
+    check_format,
+    detect_format,
+    strip_outer_prefix,
+    to_our_names,
+)
 from backbones.weights.sources import WeightsError, read_checkpoint, write_atomically
 
 __all__ = ["OUTPUT_SUFFIXES", "convert_checkpoint"]
@@ -87,8 +93,10 @@ def convert_checkpoint(
         ``{"kept": n, "dropped": m}``.
 
     Raises:
-        WeightsError: ``src`` does not exist, cannot be read or holds no weights;
-            ``dst`` has another suffix or its folder does not exist.
+        WeightsError: ``src`` does not exist, cannot be read or holds no weights; the
+            mapped weights are not a ResNet backbone (a stem conv, ``layer1`` and nothing
+            outside conv1/bn1/layer1..4), e.g. because ``format`` does not fit the file;
+            ``dst`` has another suffix or its folder does not exist. Nothing is written.
         UnknownNameError: an unknown ``format``.
 
     Example:
@@ -122,8 +130,69 @@ def convert_checkpoint(
         kept[key] = _as_tensor(value)
     if not kept:
         raise WeightsError(f"{source}: no backbone weights found (format {fmt.name!r})")
+    _check_backbone_keys(kept, source, fmt.name, format, checkpoint)
     write_atomically(target, lambda tmp: _write(kept, tmp, target.suffix, fmt.name))
     return {"kept": len(kept), "dropped": dropped}
+
+
+# Top-level modules of a ResNet under our names; anything else left after mapping means
+# the format did not fit the file.
+_BACKBONE_MODULES = ("conv1", "bn1", "layer1", "layer2", "layer3", "layer4")
+
+
+def _check_backbone_keys(
+    kept: dict[str, torch.Tensor],
+    source: Path,
+    used: str,
+    given: str | None,
+    checkpoint: dict[str, Any],
+) -> None:
+    """Refuse to write a file that is not a ResNet backbone under our names.
+
+    A wrong ``format=`` maps nothing (detectron2's ``res2.*`` read as torchvision) and
+    would otherwise write the whole detector, FPN and heads included, as if it were a
+    backbone.
+
+    Raises:
+        WeightsError: a stem conv or ``layer1`` is missing, or a key lies outside
+            conv1/bn1/layer1..4; names the format, a few such keys and what to do.
+    """
+    outside = [k for k in kept if k.split(".", 1)[0] not in _BACKBONE_MODULES]
+    has_stem = "conv1.weight" in kept or "conv1.0.weight" in kept
+    has_layer1 = any(k.startswith("layer1.") for k in kept)
+    if not outside and has_stem and has_layer1:
+        return
+    problems = []
+    if outside:
+        # One key per top-level module first: "backbone.", "roi_heads." says more than
+        # four keys of one module.
+        firsts = list({k.split(".", 1)[0]: k for k in reversed(outside)}.values())[::-1]
+        sample = (firsts + [k for k in outside if k not in firsts])[:4]
+        shown = ", ".join(repr(k) for k in sample)
+        more = f" (+{len(outside) - 4} more)" if len(outside) > 4 else ""
+        problems.append(f"{len(outside)} keys outside conv1/bn1/layer1..4, e.g. {shown}{more}")
+    if not has_stem:
+        problems.append("no stem convolution 'conv1.weight' or 'conv1.0.weight'")
+    if not has_layer1:
+        problems.append("no 'layer1.' keys")
+    how = f"the given format {used!r}" if given else f"the detected format {used!r}"
+    if given:
+        detected = detect_format(checkpoint)
+        fix = (
+            f"Drop --format (format=) to detect the format, which gives {detected!r}"
+            if detected != given
+            else f"The file may not hold a ResNet, or it is in another of the formats "
+            f"{', '.join(map(repr, FORMATS))}"
+        )
+    else:
+        fix = (
+            f"If it holds a ResNet in another format, give it with --format (format=), "
+            f"one of {', '.join(map(repr, FORMATS))}"
+        )
+    raise WeightsError(
+        f"{source}: read with {how}, the weights are not a ResNet backbone under our "
+        f"names: {'; '.join(problems)}. Nothing was written. {fix}"
+    )
 
 
 def _as_tensor(value: torch.Tensor | np.ndarray) -> torch.Tensor:

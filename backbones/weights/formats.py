@@ -192,12 +192,22 @@ def extract_state_dict(checkpoint: Mapping[str, Any], fmt: CheckpointFormat) -> 
     return out
 
 
-def check_format(name: str | None) -> None:
-    """Raise UnknownNameError (with close matches) unless ``name`` is None or a known format."""
+def check_format(name: str | None, *, option: str = "format") -> None:
+    """Raise UnknownNameError (with close matches) unless ``name`` is None or a known format.
+
+    Args:
+        name: the format asked for.
+        option: how the caller spells the option, named in the message.
+    """
     if name is not None and name not in FORMATS:
         from backbones.registry import UnknownNameError
 
-        raise UnknownNameError("checkpoint format", name, list(FORMATS))
+        raise UnknownNameError(
+            "checkpoint format",
+            name,
+            list(FORMATS),
+            note=f"{option}= takes one of these, or None to detect the format",
+        )
 
 
 def to_our_names(

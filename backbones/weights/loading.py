@@ -19,7 +19,7 @@ from torch import nn
 
 from backbones.weights.formats import FORMATS, check_format, strip_outer_prefix, to_our_names
 from backbones.weights.in_chans import IN_CHANS_STRATEGIES, adapt_first_conv
-from backbones.weights.sources import WeightsError, read_source
+from backbones.weights.sources import WeightsError, check_sha256, read_source
 
 __all__ = [
     "LoadReport",
@@ -108,9 +108,14 @@ class WeightsLoadError(WeightsError):
 
 
 def _headline(report: LoadReport, expected: int, hint: str) -> str:
-    """The first line: a different architecture when most tensors do not fit."""
+    """The first line: a different architecture when most tensors do not fit.
+
+    ``hint`` is :func:`_stages_hint`'s text, non-empty when the checkpoint's blocks per
+    stage differ from the backbone's: another depth (resnet18 into resnet34 misses under
+    half of the tensors) is a different architecture whatever the fraction.
+    """
     wrong = len(report.missing) + len(report.mismatched)
-    if not expected or 2 * wrong <= expected:
+    if not expected or (2 * wrong <= expected and not hint):
         return "weights do not fit the backbone"
     example = ""
     if report.mismatched:
@@ -141,7 +146,9 @@ def _stages_hint(ours: Iterable[str], theirs: Iterable[str]) -> str:
     """ ", the checkpoint has 2, 2, 2, 2 blocks per stage, the backbone 3, 4, 6, 3" or ""."""
     mine, other = _blocks_per_stage(ours), _blocks_per_stage(theirs)
     built = [i for i, n in enumerate(mine) if n]  # stages cut by out_indices do not count
-    if not built or all(mine[i] == other[i] for i in built):
+    # A stage the checkpoint lacks altogether (a truncated backbone's file) is missing
+    # keys, not another depth.
+    if not built or all(mine[i] == other[i] or not other[i] for i in built):
         return ""
     show = ", ".join
     return (
@@ -170,6 +177,8 @@ def check_load_options(
     Raises:
         TypeError: an option of the wrong type; the message names it, the value and
             what is accepted.
+        UnknownNameError: ``format`` is not a known format.
+        WeightsError: ``sha256`` is not '' or 8 to 64 hex digits.
     """
     if not isinstance(strict, bool):
         raise TypeError(
@@ -185,6 +194,8 @@ def check_load_options(
             f"{prefix}sha256 must be a string: the file's sha256 in hex (8 to 64 digits), "
             f"or '' for no check; got {sha256!r} ({type(sha256).__name__})"
         )
+    check_format(format, option=f"{prefix}format")
+    check_sha256(sha256, option=f"{prefix}sha256")
     if not isinstance(in_chans_strategy, str | list | tuple):
         names = ", ".join(map(repr, IN_CHANS_STRATEGIES))
         raise TypeError(
@@ -327,10 +338,9 @@ def load_pretrained(
         WeightsLoadError: ``strict`` and the weights do not fit; the model is unchanged.
         UnknownNameError: an unknown ``format``.
     """
-    check_load_options(
+    check_load_options(  # before any download
         strict=strict, format=format, in_chans_strategy=in_chans_strategy, sha256=sha256
     )
-    check_format(format)  # before any download
     checkpoint, _ = read_source(source, sha256=sha256, progress=progress)
     state, fmt = to_our_names(checkpoint, format, source)
     state, outside = strip_outer_prefix(state, model.state_dict())

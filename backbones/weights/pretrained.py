@@ -17,7 +17,7 @@ from typing import Any
 from torch import nn
 
 from backbones.registry import BACKBONES
-from backbones.weights.config import PretrainedCfg, set_attributes
+from backbones.weights.config import PretrainedCfg, check_cfg_overlay, set_attributes
 from backbones.weights.in_chans import check_channel_map
 from backbones.weights.loading import check_load_options, first_conv_name, load_pretrained
 from backbones.weights.sources import (
@@ -153,8 +153,11 @@ def apply_pretrained(
 
     Raises:
         WeightsError: the weights cannot be found, read or fitted; the message says why.
-        TypeError: an option of the wrong type (named as ``create_backbone`` spells it).
-        ValueError: a bad ``in_chans_strategy`` or ``cfg_overlay``.
+        TypeError: an option of the wrong type (named as ``create_backbone`` spells it),
+            or a ``cfg_overlay`` value of the wrong type.
+        ValueError: a bad ``in_chans_strategy`` or ``cfg_overlay`` (unknown key, value
+            out of range), or an unknown ``format`` or a malformed ``sha256``: every
+            option is checked, whether or not ``pretrained`` is given.
     """
     if not isinstance(pretrained, bool | str | os.PathLike) and pretrained is not None:
         raise TypeError(
@@ -170,6 +173,8 @@ def apply_pretrained(
     )
     if not isinstance(in_chans_strategy, str):
         check_channel_map(list(in_chans_strategy), in_chans)
+    # Before any download: a typo or a wrong type fails at once.
+    overlay = check_cfg_overlay(cfg_overlay or {}, in_chans=in_chans)
     chosen = _pick(name, weights, pretrained) if pretrained else None
     cfg = chosen or (weights[0] if weights else PretrainedCfg(tag="", license=""))
     if pretrained and chosen is None:  # a file, URL or hub id: keep the variant's pre-processing
@@ -183,13 +188,6 @@ def apply_pretrained(
             cfg = replace(cfg, file=source)
     with contextlib.suppress(ValueError):  # no Conv2d (a plugin's own trunk): keep the row's
         cfg = replace(cfg, first_conv=first_conv_name(model))
-    if cfg_overlay:  # before any download: a typo fails at once
-        unknown = sorted(set(cfg_overlay) - set(cfg.to_dict()))
-        if unknown:
-            raise ValueError(
-                f"pretrained_cfg_overlay has unknown keys {unknown}; accepted: "
-                f"{sorted(cfg.to_dict())}"
-            )
     sources = (
         None
         if isinstance(in_chans_strategy, str)
@@ -212,7 +210,11 @@ def apply_pretrained(
         hub = hub_preprocessing(cfg.hf_hub_id)
         if hub:
             cfg = replace(cfg, **hub)
-    out = cfg.for_in_chans(in_chans, sources).to_dict()
-    if cfg_overlay:
-        out.update(cfg_overlay)
+    cfg = cfg.for_in_chans(in_chans, sources)
+    # Through the dataclass, so pool_size follows an overlaid input_size unless the
+    # overlay gives pool_size too.
+    cfg = replace(cfg, **{k: v for k, v in overlay.items() if k != "pool_size"})
+    out = cfg.to_dict()
+    if "pool_size" in overlay:
+        out["pool_size"] = overlay["pool_size"]
     set_attributes(model, pretrained_cfg=out)

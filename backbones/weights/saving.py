@@ -17,7 +17,13 @@ if TYPE_CHECKING:
     from backbones.plugin_manager import PluginInfo
 
 from backbones.weights.config import set_attributes
-from backbones.weights.sources import WeightsError, read_checkpoint, write_atomically
+from backbones.weights.sources import (
+    PICKLE_SUFFIXES,
+    SAFETENSORS_SUFFIX,
+    WeightsError,
+    read_checkpoint,
+    write_atomically,
+)
 
 __all__ = ["load_backbone", "save_backbone"]
 
@@ -64,7 +70,9 @@ def save_backbone(model: nn.Module, path: str | os.PathLike[str]) -> Path:
     Args:
         model: a backbone made by :func:`~backbones.create_backbone` (or
             :func:`load_backbone`).
-        path: where to write; conventionally ending in ``.safetensors``.
+        path: where to write; it must end in ``.safetensors``: the file is always
+            safetensors (its options live in the safetensors metadata), so another
+            suffix would name it wrongly.
 
     Returns:
         The path written.
@@ -73,8 +81,8 @@ def save_backbone(model: nn.Module, path: str | os.PathLike[str]) -> Path:
         TypeError: ``model`` was not made by ``create_backbone`` (it has no
             ``backbone_config``), or an option cannot be written as JSON (a callable
             ``norm_layer``, say); the message names it.
-        WeightsError: the folder of ``path`` does not exist (it is not created, as with
-            ``torch.save``).
+        WeightsError: ``path`` does not end in ``.safetensors``, or its folder does not
+            exist (it is not created, as with ``torch.save``). Nothing is written.
 
     The file is written under a temporary name unique to the call, then renamed: an
     interrupted save leaves nothing behind, and concurrent saves to one path each write
@@ -82,6 +90,8 @@ def save_backbone(model: nn.Module, path: str | os.PathLike[str]) -> Path:
     """
     from safetensors.torch import save_file
 
+    target = Path(path)
+    _check_suffix(target)
     config = getattr(model, "backbone_config", None)
     if not isinstance(config, dict):
         hint = " (for a BackboneWithHead, save model.backbone)" if hasattr(model, "head") else ""
@@ -106,9 +116,29 @@ def save_backbone(model: nn.Module, path: str | os.PathLike[str]) -> Path:
         REQUIRES_KEY: json.dumps(requires),
     }
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    target = Path(path)
     write_atomically(target, lambda tmp: save_file(state, str(tmp), metadata=metadata))
     return target
+
+
+def _check_suffix(target: Path) -> None:
+    """Refuse a name that would call the safetensors file something else.
+
+    A ``.pth`` name, say, makes ``torch.load`` fail on it with an IndexError that says
+    nothing about the file being safetensors.
+    """
+    if target.suffix == SAFETENSORS_SUFFIX:
+        return
+    plain = (
+        "; for a plain state dict that torch.load reads, use "
+        "torch.save(bb.state_dict(), path) instead"
+        if target.suffix in PICKLE_SUFFIXES
+        else ""
+    )
+    raise WeightsError(
+        f"cannot save to {target}: save_backbone writes a safetensors file (the options "
+        f"live in its metadata), so the name must end in {SAFETENSORS_SUFFIX}, not "
+        f"{target.suffix or '(no suffix)'!r}{plain}"
+    )
 
 
 def _check_requirements(requires: list[dict[str, Any]], path: Path) -> None:

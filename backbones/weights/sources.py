@@ -31,6 +31,7 @@ import re
 import secrets
 import struct
 import threading
+import time
 import urllib.error
 from collections.abc import Callable
 from pathlib import Path
@@ -41,6 +42,7 @@ import torch
 
 __all__ = [
     "WeightsError",
+    "check_sha256",
     "read_checkpoint",
     "read_source",
     "resolve_source",
@@ -60,6 +62,8 @@ _SAFETENSORS_MAGIC_MAX_HEADER = 100_000_000
 # One short request tells a reachable hub from an unreachable one; huggingface_hub itself
 # retries an uncached file for about 25 s per file before giving up.
 HUB_PROBE_TIMEOUT = 5.0
+HUB_PROBE_TTL = 60.0
+"""Seconds a probe's answer is reused for its endpoint (long enough for one model)."""
 _OFFLINE_HINT = (
     "to use cached files only, without trying the hub, set HF_HUB_OFFLINE=1 "
     "(the files must have been downloaded once while online)"
@@ -93,8 +97,7 @@ def resolve_source(
         WeightsError: the file does not exist, cannot be downloaded, or fails its hash.
     """
     text = os.fspath(source)
-    if sha256 and not re.fullmatch(r"[0-9a-fA-F]{8,64}", sha256):
-        raise WeightsError(f"sha256={sha256!r} is not a hex digest (8 to 64 hex digits)")
+    check_sha256(sha256)
     if text.startswith(HF_PREFIX):
         return _from_hub(text[len(HF_PREFIX) :], sha256)
     if text.startswith(("http://", "https://")):
@@ -102,12 +105,44 @@ def resolve_source(
     path = Path(text).expanduser()
     if not path.is_file():
         raise WeightsError(
-            f"pretrained={text!r}: no such file. Accepted: True (the variant's default "
-            f"weights), a weights tag of the variant, a path to .safetensors/.pth/.pt/.bin, "
-            f"an http(s) URL, or 'hf-hub:<repo>'"
+            f"pretrained={text!r}: no such file{_hub_id_hint(text) or '.'} Accepted: True (the "
+            f"variant's default weights), a weights tag of the variant, a path to "
+            f".safetensors/.pth/.pt/.bin, an http(s) URL, or 'hf-hub:<repo>'"
         )
     _check_hash(path, sha256.lower(), what=text)
     return path
+
+
+def _hub_id_hint(text: str) -> str:
+    """ "; did you mean 'hf-hub:<text>'?" when a missing path reads as a hub repository id.
+
+    ``timm/resnet50.a1_in1k`` (one slash, a relative name whose folder does not exist,
+    no weights-file suffix) is a hub id without its ``hf-hub:`` prefix far more often
+    than a file.
+    """
+    owner, _, name = text.partition("/")
+    if (
+        not re.fullmatch(r"[\w.-]+/[\w.-]+", text)
+        or text.startswith((".", "~"))
+        or Path(owner).is_dir()
+        or Path(name).suffix.lower() in (*PICKLE_SUFFIXES, SAFETENSORS_SUFFIX, ".pkl")
+    ):
+        return ""
+    return f"; did you mean '{HF_PREFIX}{text}'?"
+
+
+def check_sha256(sha256: str, *, option: str = "sha256") -> None:
+    """Raise WeightsError unless ``sha256`` is '' (no check) or 8 to 64 hex digits.
+
+    Args:
+        sha256: the expected hash, or a prefix of it.
+        option: how the caller spells the option, named in the message.
+    """
+    if sha256 and not re.fullmatch(r"[0-9a-fA-F]{8,64}", sha256):
+        raise WeightsError(
+            f"{option}={sha256!r} is not a hex digest: give 8 to 64 hex digits of the "
+            f"file's sha256 (a prefix is enough), or '' for no check"
+        )
 
 
 def _check_hash(path: Path, expected: str, *, what: str) -> None:
@@ -280,22 +315,49 @@ def _hub_repo(spec: str) -> tuple[str, str | None]:
     return repo, revision or None
 
 
+# The probe's answer per endpoint: (when, why unreachable or ""). One create_backbone
+# call asks twice (the weights, then config.json); an endpoint that never answers would
+# cost the probe's timeout each time.
+_HUB_PROBES: dict[str, tuple[float, str]] = {}
+_HUB_PROBES_GUARD = threading.Lock()
+_HUB_PROBE_LOCKS: dict[str, threading.Lock] = {}
+
+
 def _hub_unreachable() -> str:
     """Why the hub cannot be used now (``HF_HUB_OFFLINE``, no connection), or "" if it can.
 
     One request to the endpoint, without retries, with a short timeout: any HTTP answer
     means reachable. huggingface_hub's own client retries network errors for ~25 s per
     file, so asking it directly would stall a machine without network for a minute.
+    The answer is remembered per endpoint for :data:`HUB_PROBE_TTL` seconds, and threads
+    asking at once wait for one probe.
     """
     from huggingface_hub import constants
-    from huggingface_hub.utils import get_session
 
     if constants.HF_HUB_OFFLINE:
         return "HF_HUB_OFFLINE is set"
+    endpoint = constants.ENDPOINT
+    with _HUB_PROBES_GUARD:
+        lock = _HUB_PROBE_LOCKS.setdefault(endpoint, threading.Lock())
+    with lock:
+        with _HUB_PROBES_GUARD:
+            known = _HUB_PROBES.get(endpoint)
+        if known is not None and time.monotonic() - known[0] < HUB_PROBE_TTL:
+            return known[1]
+        why = _probe_hub(endpoint)
+        with _HUB_PROBES_GUARD:
+            _HUB_PROBES[endpoint] = (time.monotonic(), why)
+    return why
+
+
+def _probe_hub(endpoint: str) -> str:
+    """One HEAD request to ``endpoint``: "" if anything answers, else why not."""
+    from huggingface_hub.utils import get_session
+
     try:
-        get_session().head(constants.ENDPOINT, timeout=HUB_PROBE_TIMEOUT)
+        get_session().head(endpoint, timeout=HUB_PROBE_TIMEOUT)
     except Exception as err:  # the client's connection, DNS, proxy and timeout errors
-        return f"the hub at {constants.ENDPOINT} cannot be reached ({type(err).__name__}: {err})"
+        return f"the hub at {endpoint} cannot be reached ({type(err).__name__}: {err})"
     return ""
 
 
@@ -306,13 +368,20 @@ def _from_hub(spec: str, sha256: str) -> Path:
 
     offline = _hub_unreachable()
     failures = []
+    unfetched = 0  # files the client fell back to the cache for, while the hub answered
     for filename in HF_FILENAMES:
         try:
             path = Path(
                 hf_hub_download(repo, filename, revision=revision, local_files_only=bool(offline))
             )
-        except LocalEntryNotFoundError:  # a subclass of EntryNotFoundError: first
-            failures.append(f"{filename}: not in the local cache")
+        except LocalEntryNotFoundError as err:  # a subclass of EntryNotFoundError: first
+            # Online, the client hides why its request failed (a 404 from another
+            # endpoint, a proxy's error page) in __cause__.
+            cause = err.__cause__
+            why = f"{type(cause).__name__}: {_first_line(cause)}" if cause else ""
+            if not offline:
+                unfetched += 1
+            failures.append(f"{filename}: {why or 'not in the local cache'}")
             continue
         except EntryNotFoundError:
             failures.append(f"{filename}: not in the repository")
@@ -335,7 +404,20 @@ def _from_hub(spec: str, sha256: str) -> Path:
             f"{found_none}: {offline}, and they are not in the local cache. Check the "
             f"network, HF_ENDPOINT or the proxy settings; {_OFFLINE_HINT}"
         )
+    if unfetched == len(failures):
+        from huggingface_hub import constants
+
+        raise WeightsError(
+            f"{found_none}: the hub at {constants.ENDPOINT} answered, but the files could "
+            f"not be fetched and are not in the local cache ({'; '.join(failures)}). "
+            f"Check the repository id, HF_ENDPOINT and the network; {_OFFLINE_HINT}"
+        )
     raise WeightsError(f"{found_none}: " + "; ".join(failures))
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else "(no message)"
 
 
 HUB_CFG_KEYS = ("input_size", "interpolation", "crop_pct", "crop_mode", "mean", "std")
@@ -398,6 +480,28 @@ def _raise_if_text(path: Path) -> None:
     raise WeightsError(f"{path}: not a weights file: it starts with text {first[:60]!r}")
 
 
+_ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def _plain(err: Exception) -> str:
+    """``err``'s message without ANSI escape codes (torch sets some in bold)."""
+    return _ANSI_ESCAPE.sub("", str(err))
+
+
+def _torch_reason(err: Exception) -> str:
+    """The line of torch.load's refusal that names the object, without terminal codes.
+
+    torch's message opens with general advice in ANSI bold (escape codes that print as
+    garbage in logs and files); its "WeightsUnpickler error" line names the class found.
+    """
+    lines = [line.strip() for line in _plain(err).splitlines()]
+    lines = [line for line in lines if line]
+    named = [line for line in lines if "Unsupported global" in line or "Unpickler" in line]
+    reason = (named or lines or [type(err).__name__])[0]
+    # torch goes on with how to allowlist the class, which is not this library's advice.
+    return reason.split(" Please use ", 1)[0]
+
+
 def read_checkpoint(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
     """Read a weights file: ``(checkpoint, metadata)``; nothing in it is executed.
 
@@ -433,18 +537,19 @@ def read_checkpoint(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
         reason = str(err).lower()
         if "global" not in reason and "reduce" not in reason:  # garbage, not foreign objects
             _raise_if_text(path)
-            raise WeightsError(f"{path}: not a readable checkpoint (corrupt? {err})") from None
+            raise WeightsError(
+                f"{path}: not a readable checkpoint (corrupt? {_plain(err)})"
+            ) from None
         raise WeightsError(
             f"{path}: holds objects other than tensors and plain containers, so it was not "
             f"loaded (backbones reads pickles with torch.load(weights_only=True) only). "
-            f"Re-save just the weights, e.g. torch.save(checkpoint['state_dict'], path), "
-            f"or convert with `python -m backbones convert`. torch said: "
-            f"{str(err).splitlines()[0]}"
+            f"Re-save just the weights, e.g. torch.save(checkpoint['state_dict'], path). "
+            f"torch said: {_torch_reason(err)}"
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError, IndexError, KeyError, struct.error) as err:
         _raise_if_text(path)
         raise WeightsError(
-            f"{path}: not a readable checkpoint (corrupt or truncated? {err})"
+            f"{path}: not a readable checkpoint (corrupt or truncated? {_plain(err)})"
         ) from err
     if not isinstance(checkpoint, dict):
         raise WeightsError(f"{path}: holds a {type(checkpoint).__name__}, not a dict of weights")
