@@ -93,9 +93,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--val-size", type=int, default=64, help="held-out images for accuracy")
     parser.add_argument("--seed", type=int, default=0, help="random seed (data and init)")
     parser.add_argument(
-        "--save", type=Path, default=None, help="save_backbone() the trained backbone"
+        "--save",
+        type=Path,
+        default=None,
+        help="save_backbone() the trained backbone to this .safetensors file",
     )
     args = parser.parse_args(argv)
+    if args.save is not None and args.save.suffix != ".safetensors":
+        # checked now, not after training: save_backbone writes safetensors only
+        parser.error(f"--save {args.save}: the file must end in .safetensors")
 
     torch.manual_seed(args.seed)
     started = time.perf_counter()
