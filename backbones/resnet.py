@@ -16,6 +16,7 @@ from typing import Any
 import torch.fx
 from torch import Tensor, nn
 
+from backbones._checks import check_bool, check_int, is_int, is_number
 from backbones.features import FeatureInfo, FeatureLevel
 from backbones.norm import NormLayer, resolve_norm_layer
 from backbones.registry import BLOCKS, BUILTIN_PROVIDER
@@ -138,15 +139,15 @@ class ResNet(nn.ModuleDict):
         block_provider: str = BUILTIN_PROVIDER,
     ) -> None:
         super().__init__()
-        _check_positive_int("in_chans", in_chans)
-        if not _is_int(output_stride) or output_stride not in OUTPUT_STRIDES:
+        check_int("in_chans", in_chans)
+        if not is_int(output_stride) or output_stride not in OUTPUT_STRIDES:
             raise ValueError(
                 f"output_stride={output_stride!r} is not supported; accepted: "
                 f"{', '.join(map(str, OUTPUT_STRIDES))}"
             )
-        _check_bool("norm_eval", norm_eval)
-        _check_bool("zero_init_last", zero_init_last)
-        if isinstance(drop_path_rate, bool) or not isinstance(drop_path_rate, (int, float)):
+        check_bool("norm_eval", norm_eval)
+        check_bool("zero_init_last", zero_init_last)
+        if not is_number(drop_path_rate):
             raise TypeError(f"drop_path_rate must be a float in [0, 1), got {drop_path_rate!r}")
         if not 0.0 <= drop_path_rate < 1.0:
             raise ValueError(f"drop_path_rate={drop_path_rate!r} is out of range; accepted: [0, 1)")
@@ -160,7 +161,7 @@ class ResNet(nn.ModuleDict):
         ]
         self.feature_info = FeatureInfo(levels, out_indices)
         deepest = self.feature_info.out_indices[-1]
-        if not _is_int(frozen_stages):
+        if not is_int(frozen_stages):
             raise TypeError(f"frozen_stages must be an int, got {frozen_stages!r}")
         if not -1 <= frozen_stages <= deepest:
             raise ValueError(
@@ -263,7 +264,7 @@ def resnet_factory(spec: ResNetSpec, *, provider: str = BUILTIN_PROVIDER) -> Cal
     """
 
     def factory(*, return_dict: bool = False, **options: Any) -> ResNet:
-        _check_bool("return_dict", return_dict)
+        check_bool("return_dict", return_dict)
         cls = ResNetDict if return_dict else ResNet
         return cls(spec, block_provider=provider, **options)
 
@@ -460,19 +461,3 @@ def _check_block_kwargs(where: str, kwargs: dict[Any, Any]) -> None:
             f"{where} cannot set {', '.join(map(repr, taken))}: the trunk passes "
             f"{'it' if len(taken) == 1 else 'them'} to every block itself; {reasons}"
         )
-
-
-def _check_bool(name: str, value: object) -> None:
-    if not isinstance(value, bool):
-        raise TypeError(f"{name} must be True or False, got {value!r}")
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _check_positive_int(name: str, value: object) -> None:
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"{name} must be a positive int, got {value!r}")
-    if value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")

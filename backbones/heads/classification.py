@@ -8,8 +8,8 @@ and timm's ResNets, so their classifier weights load into it.
 from timm.layers import ClassifierHead
 from torch import Tensor
 
+from backbones._checks import check_choice, check_int, check_probability
 from backbones.features import FeatureInfo
-from backbones.heads._options import check_choice, check_int, check_probability
 
 __all__ = ["POOL_TYPES", "ClassificationHead", "classification_head"]
 

@@ -16,8 +16,8 @@ from torchvision.ops.feature_pyramid_network import (
     LastLevelP6P7,
 )
 
+from backbones._checks import check_choice, check_int
 from backbones.features import FeatureInfo
-from backbones.heads._options import check_choice, check_int
 
 __all__ = ["EXTRA_BLOCKS", "FPNHead", "fpn_head"]
 

@@ -23,8 +23,8 @@ from torchvision.models.segmentation.deeplabv3 import DeepLabHead
 from torchvision.models.segmentation.fcn import FCNHead
 from torchvision.ops import Conv2dNormActivation, FeaturePyramidNetwork
 
+from backbones._checks import check_bool, check_int, check_int_sequence, check_probability
 from backbones.features import FeatureInfo
-from backbones.heads._options import check_bool, check_int, check_int_sequence, check_probability
 
 __all__ = [
     "SegmentationHead",

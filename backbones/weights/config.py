@@ -11,6 +11,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
+from backbones._checks import is_int, is_number
+
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
@@ -101,18 +103,10 @@ def channel_stats(
     return tuple(mean[i] for i in picks), tuple(std[i] for i in picks)
 
 
-def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def _positive_ints(key: str, value: object, n: int, what: str) -> tuple[int, ...]:
     """``value`` as a tuple of ``n`` positive ints, or TypeError/ValueError naming ``key``."""
     shown = f"got {value!r} ({type(value).__name__})"
-    if not isinstance(value, list | tuple) or not all(_is_int(v) for v in value):
+    if not isinstance(value, list | tuple) or not all(is_int(v) for v in value):
         raise TypeError(f"pretrained_cfg_overlay[{key!r}] must be {n} ints ({what}), {shown}")
     if len(value) != n or not all(v > 0 for v in value):
         raise ValueError(
@@ -125,7 +119,7 @@ def _channel_values(key: str, value: object, in_chans: int) -> tuple[float, ...]
     """Per-channel ``mean`` / ``std``: ``in_chans`` finite numbers (std: positive)."""
     shown = f"got {value!r} ({type(value).__name__})"
     what = f"{in_chans} numbers, one per input channel (in_chans={in_chans})"
-    if not isinstance(value, list | tuple) or not all(_is_number(v) for v in value):
+    if not isinstance(value, list | tuple) or not all(is_number(v) for v in value):
         raise TypeError(f"pretrained_cfg_overlay[{key!r}] must be a sequence of {what}; {shown}")
     if len(value) != in_chans or not all(math.isfinite(v) for v in value):
         raise ValueError(f"pretrained_cfg_overlay[{key!r}] must be {what}; {shown}")
@@ -179,7 +173,7 @@ def check_cfg_overlay(overlay: Mapping[str, Any], *, in_chans: int) -> dict[str,
         elif key == "pool_size":
             out[key] = _positive_ints(key, value, 2, "height, width of the last map")
         elif key == "crop_pct":
-            if not _is_number(value):
+            if not is_number(value):
                 raise TypeError(f"pretrained_cfg_overlay['crop_pct'] must be a number, {shown}")
             if not 0 < value <= 1:
                 raise ValueError(
@@ -188,7 +182,7 @@ def check_cfg_overlay(overlay: Mapping[str, Any], *, in_chans: int) -> dict[str,
                 )
             out[key] = float(value)
         elif types[key] is int:  # num_classes
-            if not _is_int(value):
+            if not is_int(value):
                 raise TypeError(f"pretrained_cfg_overlay[{key!r}] must be an int, {shown}")
             if value < 0:
                 raise ValueError(f"pretrained_cfg_overlay[{key!r}] must be >= 0, {shown}")

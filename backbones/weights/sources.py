@@ -205,20 +205,21 @@ def url_cache_path(url: str) -> Path:
     return cache / f"url-{hashlib.sha256(url.encode()).hexdigest()[:16]}" / name
 
 
-_DOWNLOAD_LOCKS: dict[Path, threading.Lock] = {}
-_DOWNLOAD_LOCKS_GUARD = threading.Lock()
+_LOCKS: dict[object, threading.Lock] = {}
+_LOCKS_GUARD = threading.Lock()
 
 
-def _download_lock(target: Path) -> threading.Lock:
-    """One lock per cache entry: threads asking for one URL download it once."""
-    with _DOWNLOAD_LOCKS_GUARD:
-        return _DOWNLOAD_LOCKS.setdefault(target, threading.Lock())
+def _lock_for(key: object) -> threading.Lock:
+    """One lock per key (a cache entry, a hub endpoint): threads asking for one wait
+    for the first, so a URL is downloaded, or an endpoint probed, once."""
+    with _LOCKS_GUARD:
+        return _LOCKS.setdefault(key, threading.Lock())
 
 
 def _from_url(url: str, sha256: str, progress: bool) -> Path:
     target = url_cache_path(url)
     expected = _expected_hash(url, sha256)
-    with _download_lock(target):
+    with _lock_for(target):
         if target.is_file():
             if not expected or sha256_of(target).startswith(expected):
                 return target
@@ -318,9 +319,8 @@ def _hub_repo(spec: str) -> tuple[str, str | None]:
 # The probe's answer per endpoint: (when, why unreachable or ""). One create_backbone
 # call asks twice (the weights, then config.json); an endpoint that never answers would
 # cost the probe's timeout each time.
+# Read and written only under the endpoint's lock.
 _HUB_PROBES: dict[str, tuple[float, str]] = {}
-_HUB_PROBES_GUARD = threading.Lock()
-_HUB_PROBE_LOCKS: dict[str, threading.Lock] = {}
 
 
 def _hub_unreachable() -> str:
@@ -337,16 +337,12 @@ def _hub_unreachable() -> str:
     if constants.HF_HUB_OFFLINE:
         return "HF_HUB_OFFLINE is set"
     endpoint = constants.ENDPOINT
-    with _HUB_PROBES_GUARD:
-        lock = _HUB_PROBE_LOCKS.setdefault(endpoint, threading.Lock())
-    with lock:
-        with _HUB_PROBES_GUARD:
-            known = _HUB_PROBES.get(endpoint)
+    with _lock_for(("hub probe", endpoint)):
+        known = _HUB_PROBES.get(endpoint)
         if known is not None and time.monotonic() - known[0] < HUB_PROBE_TTL:
             return known[1]
         why = _probe_hub(endpoint)
-        with _HUB_PROBES_GUARD:
-            _HUB_PROBES[endpoint] = (time.monotonic(), why)
+        _HUB_PROBES[endpoint] = (time.monotonic(), why)
     return why
 
 

@@ -1,12 +1,33 @@
-"""Checks of head options, shared by the head factories.
+"""Checks of option values, shared by the trunk, the heads and the weights code.
 
 A value of the wrong type raises TypeError, a value of the right type out of range
 raises ValueError; both messages name the option, the value and what is accepted.
+
+This module imports nothing of ours, so any layer may use it.
 """
 
 from collections.abc import Sequence
+from typing import TypeGuard
 
-__all__ = ["check_bool", "check_choice", "check_int", "check_int_sequence", "check_probability"]
+__all__ = [
+    "check_bool",
+    "check_choice",
+    "check_int",
+    "check_int_sequence",
+    "check_probability",
+    "is_int",
+    "is_number",
+]
+
+
+def is_int(value: object) -> TypeGuard[int]:
+    """Whether ``value`` is an int and not a bool (``True`` is an int to Python)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_number(value: object) -> TypeGuard[int | float]:
+    """Whether ``value`` is an int or a float and not a bool."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def check_int(name: str, value: object, *, minimum: int = 1, multiple_of: int = 1) -> int:
@@ -22,7 +43,7 @@ def check_int(name: str, value: object, *, minimum: int = 1, multiple_of: int = 
         what = "a positive int"
     else:
         what = f"an int >= {minimum}"
-    if isinstance(value, bool) or not isinstance(value, int):
+    if not is_int(value):
         raise TypeError(f"{name} must be {what}, got {value!r}")
     if value < minimum or value % multiple_of:
         raise ValueError(f"{name} must be {what}, got {value!r}")
@@ -48,7 +69,7 @@ def check_probability(name: str, value: object) -> float:
         ValueError: outside [0, 1).
     """
     message = f"{name} must be a probability in [0, 1), got {value!r}"
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    if not is_number(value):
         raise TypeError(message)
     if not 0.0 <= value < 1.0:
         raise ValueError(message)
@@ -66,7 +87,7 @@ def check_int_sequence(name: str, value: object) -> tuple[int, ...]:
     if not isinstance(value, Sequence) or isinstance(value, str | bytes):
         raise TypeError(message)
     items = tuple(value)
-    if not all(isinstance(v, int) and not isinstance(v, bool) for v in items):
+    if not all(is_int(v) for v in items):
         raise TypeError(message)
     if not items or not all(v > 0 for v in items):
         raise ValueError(message)
