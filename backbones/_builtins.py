@@ -1,6 +1,8 @@
 """The built-in plugin: the library's own blocks, heads and ResNet variants.
 
-They come in through the same hooks as any third-party plugin.
+They come in through the same hooks as any third-party plugin. The library ships no
+layers for insertion points of its own; plugins provide them (``backbones-attention``
+registers timm's SE, ECA, CBAM and global-context layers).
 """
 
 from collections.abc import Callable
@@ -23,6 +25,11 @@ from backbones.variants import RESNET_VARIANTS, ResNetSpec
 @hookimpl
 def backbones_register_blocks() -> dict[str, type[nn.Module]]:
     return {"basic": BasicBlock, "bottleneck": Bottleneck}
+
+
+@hookimpl
+def backbones_register_layers() -> dict[str, Callable[..., nn.Module]]:
+    return {}
 
 
 @hookimpl

@@ -15,6 +15,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from backbones.factory import create_backbone
+from backbones.inference import optimize_for_inference
+
 __all__ = ["BenchResult", "benchmark"]
 
 
@@ -103,10 +106,7 @@ def benchmark(
         >>> result = benchmark("resnet18", batch_size=1, img_size=64, rounds=2)  # doctest: +SKIP
         >>> print(result.table())  # doctest: +SKIP
     """
-    import timm
-
-    from backbones.inference import optimize_for_inference
-    from backbones.registry import create_backbone
+    import timm  # here: importing timm is slow, `backbones` is not
 
     for label, value in (("batch_size", batch_size), ("img_size", img_size), ("threads", threads)):
         if value < 1:

@@ -1,8 +1,10 @@
 """The ``backbones`` command line: ``python -m backbones <command>``.
 
 Commands:
-    list [PATTERN]    registered backbones, blocks and heads matching an fnmatch pattern
+    list [PATTERN]    registered backbones, blocks, layers and heads matching a pattern
     plugins           every plugin, its distribution, what it registered, what failed
+    info NAME         a backbone's feature levels (module, channels, stride, size), built
+                      with any build option (flags made from the option table)
     bench NAME        eager forward speed against timm's features_only model
     weights NAME      a backbone's published weights: tags, sources, pre-processing, licence
     convert SRC DST   another library's checkpoint (detectron2 .pkl too) to our key names
@@ -18,7 +20,26 @@ import contextlib
 import os
 import sys
 from collections.abc import Sequence
-from typing import NoReturn
+from typing import Any, NoReturn, cast
+
+from backbones.bench import benchmark
+from backbones.catalog import (
+    BACKBONES,
+    BLOCKS,
+    HEADS,
+    LAYERS,
+    list_backbones,
+    list_blocks,
+    list_heads,
+    list_layers,
+    list_plugins,
+)
+from backbones.factory import create_backbone
+from backbones.features import FeatureInfo
+from backbones.options import BUILD, option_specs
+from backbones.plugin_manager import autoload_disabled
+from backbones.weights.convert import OUTPUT_SUFFIXES, convert_checkpoint
+from backbones.weights.formats import FORMATS
 
 __all__ = ["main"]
 
@@ -33,11 +54,10 @@ BROKEN_PIPE = 141
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    from backbones.registry import list_backbones, list_blocks, list_heads
-
     for title, names in (
         ("backbones", list_backbones(args.pattern)),
         ("blocks", list_blocks(args.pattern)),
+        ("layers", list_layers(args.pattern)),
         ("heads", list_heads(args.pattern)),
     ):
         print(f"{title} ({len(names)}):")
@@ -47,9 +67,6 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_plugins(args: argparse.Namespace) -> int:
-    from backbones.plugin_manager import autoload_disabled, list_plugins
-    from backbones.registry import BACKBONES, BLOCKS, HEADS
-
     plugins = list_plugins()
     if autoload_disabled():
         print("entry-point autoload is disabled (BACKBONES_DISABLE_PLUGIN_AUTOLOAD)")
@@ -65,7 +82,7 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
         )
         origin = f"{plugin.distribution} {plugin.version}" if plugin.distribution else "backbones"
         print(f"{plugin.name} [{status}] {origin}: {plugin.module}")
-        for kind in ("backbone", "block", "head"):
+        for kind in ("backbone", "block", "layer", "head"):
             names = plugin.registered.get(kind, [])
             if names:
                 print(f"  {kind}s: {', '.join(names)}")
@@ -73,15 +90,32 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
             print(f"  error: {error}")
         for conflict in plugin.conflicts:
             print(f"  conflict: {conflict}")
-    for registry in (BACKBONES, BLOCKS, HEADS):
+    for registry in (BACKBONES, BLOCKS, LAYERS, HEADS):
         for name, sources in registry.conflicts().items():
             print(f"conflict: {registry.kind} {name!r} from {' and '.join(sources)}")
     return 0
 
 
-def _cmd_bench(args: argparse.Namespace) -> int:
-    from backbones.bench import benchmark
+def _cmd_info(args: argparse.Namespace) -> int:
+    options = {}
+    for spec in option_specs(BUILD):
+        value = getattr(args, spec.name, None) if spec.cli else None
+        if value is not None:  # one name stands for every stage, as in Python
+            options[spec.name] = value[0] if spec.cli == "strs" and len(value) == 1 else value
+    model = create_backbone(args.name, **options)
+    info = cast(FeatureInfo, model.feature_info)  # checked where the factory returned
+    params = sum(p.numel() for p in model.parameters())
+    print(f"{args.name}: {params / 1e6:.2f} M parameters, input {args.img_size}x{args.img_size}")
+    print(f"  {'level':<6}{'module':<10}{'channels':>9}{'stride':>8}  size")
+    for level, module, chs, red in zip(
+        info.out_indices, info.module_name(), info.channels(), info.reduction(), strict=True
+    ):
+        side = -(-args.img_size // red)  # ceil: every conv and pool pads
+        print(f"  {level:<6}{module:<10}{chs:>9}{red:>8}  {side}x{side}")
+    return 0
 
+
+def _cmd_bench(args: argparse.Namespace) -> int:
     result = benchmark(
         args.name,
         batch_size=args.batch_size,
@@ -96,9 +130,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _cmd_weights(args: argparse.Namespace) -> int:
-    from backbones.registry import BACKBONES
-
-    weights = getattr(BACKBONES.get(args.name), "weights", ())
+    weights = BACKBONES.get(args.name).weights
     if not weights:
         print(f"{args.name}: no published weights; use pretrained=<file, URL or hf-hub:...>")
         return 0
@@ -114,8 +146,6 @@ def _cmd_weights(args: argparse.Namespace) -> int:
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
-    from backbones.weights.convert import convert_checkpoint
-
     counts = convert_checkpoint(args.src, args.dst, format=args.format)
     print(
         f"wrote {args.dst}: {counts['kept']} backbone tensors "
@@ -131,10 +161,42 @@ class _Parser(argparse.ArgumentParser):
         self.exit(USAGE_ERROR, f"{PREFIX}{message} (see '{self.prog} --help')\n")
 
 
-def _parser() -> argparse.ArgumentParser:
-    from backbones.weights.convert import OUTPUT_SUFFIXES
-    from backbones.weights.formats import FORMATS
+def _flag_type(kind: str) -> dict[str, Any]:
+    """argparse settings for an option of the table, by its ``cli`` kind."""
+    table: dict[str, dict[str, Any]] = {
+        "int": {"type": int},
+        "float": {"type": float},
+        "str": {"type": str},
+        "ints": {"type": int, "nargs": "+"},
+        "strs": {"type": str, "nargs": "+"},
+        "bool": {"type": _yes_no, "metavar": "{true,false}"},
+    }
+    return table[kind]
 
+
+def _yes_no(text: str) -> bool:
+    value = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
+    if text.lower() not in value:
+        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    return value[text.lower()]
+
+
+def _add_option_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per build option of the table that has a command-line form."""
+    for spec in option_specs(BUILD):
+        if not spec.cli:
+            continue
+        default = f'"{spec.default}"' if isinstance(spec.default, str) else spec.default
+        parser.add_argument(
+            f"--{spec.name.replace('_', '-')}",
+            dest=spec.name,
+            default=None,
+            help=f"{spec.doc.replace('%', '%%').replace('`', '')} (default: {default})",
+            **_flag_type(spec.cli),
+        )
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="backbones",
         description="Multi-scale backbones for vision tasks.",
@@ -174,6 +236,20 @@ def _parser() -> argparse.ArgumentParser:
         "and which names are contested. Takes no options.",
     )
     p_plugins.set_defaults(run=_cmd_plugins, parser=p_plugins)
+
+    p_info = sub.add_parser(
+        "info",
+        help="a backbone's feature levels: module, channels, stride, map size",
+        description="Build a backbone with the given options and print each level it "
+        "returns: module, channels, stride and the map size for --img-size. Every build "
+        "option of create_backbone that has a command-line form is a flag.",
+    )
+    p_info.add_argument("name", help="a registered backbone, e.g. resnet50")
+    p_info.add_argument(
+        "--img-size", type=int, default=224, help="input height and width (default: %(default)s)"
+    )
+    _add_option_flags(p_info)
+    p_info.set_defaults(run=_cmd_info, parser=p_info)
 
     p_bench = sub.add_parser(
         "bench",

@@ -12,7 +12,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, overload
 
-__all__ = ["FeatureInfo", "FeatureLevel", "resolve_out_indices"]
+__all__ = ["FeatureInfo", "FeatureLevel", "check_out_indices", "resolve_out_indices"]
 
 
 @dataclass(frozen=True)
@@ -155,6 +155,25 @@ class FeatureInfo:
 _FIELDS = ("num_chs", "reduction", "module", "index")
 
 
+def check_out_indices(out_indices: object) -> tuple[int, ...]:
+    """``out_indices`` as a tuple, if it is a non-empty sequence of ints (any range).
+
+    Raises:
+        TypeError: not a sequence of ints.
+        ValueError: empty.
+    """
+    if isinstance(out_indices, (str, bytes)) or not isinstance(out_indices, Sequence):
+        raise TypeError(
+            f"out_indices must be a sequence of ints such as (1, 2, 3, 4), got {out_indices!r}"
+        )
+    if len(out_indices) == 0:
+        raise ValueError("out_indices is empty; give at least one level, e.g. (1, 2, 3, 4)")
+    for idx in out_indices:
+        if isinstance(idx, bool) or not isinstance(idx, int):
+            raise TypeError(f"out_indices must hold ints, got {idx!r} in {tuple(out_indices)!r}")
+    return tuple(out_indices)
+
+
 def resolve_out_indices(out_indices: Sequence[int], num_levels: int) -> tuple[int, ...]:
     """Validate ``out_indices`` and turn negative indices into level numbers.
 
@@ -174,17 +193,10 @@ def resolve_out_indices(out_indices: Sequence[int], num_levels: int) -> tuple[in
         >>> resolve_out_indices((-2, -1), 5)
         (3, 4)
     """
-    if isinstance(out_indices, (str, bytes)) or not isinstance(out_indices, Sequence):
-        raise TypeError(
-            f"out_indices must be a sequence of ints such as (1, 2, 3, 4), got {out_indices!r}"
-        )
-    if len(out_indices) == 0:
-        raise ValueError("out_indices is empty; give at least one level, e.g. (1, 2, 3, 4)")
+    out_indices = check_out_indices(out_indices)
     lo, hi = -num_levels, num_levels - 1
     resolved: list[int] = []
     for idx in out_indices:
-        if isinstance(idx, bool) or not isinstance(idx, int):
-            raise TypeError(f"out_indices must hold ints, got {idx!r} in {tuple(out_indices)!r}")
         if not lo <= idx <= hi:
             raise ValueError(
                 f"out_indices entry {idx} is out of range: this network has levels "

@@ -23,6 +23,8 @@ import pluggy
 from torch import nn
 
 if TYPE_CHECKING:
+    from backbones.contract import BackboneEntry
+    from backbones.layers import BlockVariant
     from backbones.variants import ResNetSpec
 
 __all__ = ["PROJECT", "hookimpl", "hookspec"]
@@ -33,30 +35,31 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 
 
 @hookspec
-def backbones_register_blocks() -> dict[str, type[nn.Module]]:
+def backbones_register_blocks() -> "dict[str, type[nn.Module] | BlockVariant]":
     """Residual blocks this plugin provides, by registry name.
 
-    A block is an ``nn.Module`` class with a positive int class attribute
-    ``expansion`` (its output has ``planes * expansion`` channels). The trunk
-    builds it as::
-
-        Block(inplanes, planes, stride=..., downsample=..., groups=..., base_width=...,
-              dilation=..., first_dilation=..., norm_layer=..., drop_path=..., **block_kwargs)
-
-    - ``downsample``: the shortcut projection the trunk built, or ``None`` (identity).
-    - ``groups``, ``base_width``: the variant's grouped-conv settings (ResNeXt, Wide ResNet).
-    - ``dilation``: the stage's dilation; ``first_dilation``: the dilation of the
-      block's first spatial conv (the previous stage's in a stage's first block).
-    - ``norm_layer``: a callable taking a channel count.
-    - ``drop_path``: this block's stochastic-depth rate (a float).
-    - ``block_kwargs``: whatever the user passed to ``create_backbone(block_kwargs=...)``.
-
-    A block that cannot honour an argument (say ``groups != 1``) raises ValueError naming it.
-    After its generic init pass the trunk calls the block's ``init_weights()`` method, if
-    it has one, so a block's own special init (zero offsets, say) is kept.
+    A value is either a block class following the block contract, which
+    :mod:`backbones.blocks` states (its constructor's arguments, ``expansion``,
+    ``init_weights()``, the optional ``layers`` of insertion points), or a
+    :class:`backbones.BlockVariant`: a base block with layers at its insertion
+    points (an SE bottleneck is the bottleneck with an ``"se"`` layer at
+    ``after_conv3``); its layer names resolve to this plugin's layers first.
 
     Returns:
-        ``{name: block_class}``.
+        ``{name: block_class_or_variant}``.
+    """
+
+
+@hookspec
+def backbones_register_layers() -> dict[str, Callable[..., nn.Module]]:
+    """Layers this plugin provides for blocks' insertion points, by registry name.
+
+    A layer factory is called as ``factory(channels, **kwargs)`` (the kwargs of the
+    user's :class:`backbones.BlockLayer`) and returns a module whose output has its
+    input's shape, as timm's attention layers do (``SEModule(channels)``).
+
+    Returns:
+        ``{name: layer_factory}``.
     """
 
 
@@ -75,20 +78,27 @@ def backbones_register_heads() -> dict[str, Callable[..., nn.Module]]:
 
 
 @hookspec
-def backbones_register_backbones() -> "dict[str, Callable[..., nn.Module] | ResNetSpec]":
+def backbones_register_backbones() -> (
+    "dict[str, Callable[..., nn.Module] | ResNetSpec | BackboneEntry]"
+):
     """Backbones this plugin provides, by registry name.
 
-    A value is either
+    A value is one of
 
-    - a :class:`backbones.ResNetSpec`: a variant of the built-in trunk, whose
-      ``block`` may name a block from any plugin. Its names resolve to this plugin's
-      blocks first, then to the built-in ones, then to any other plugin's; write
-      ``"<plugin>:<name>"`` to pin one; or
-    - a factory honouring the feature contract: called with every option of
-      :func:`backbones.create_backbone` as a keyword argument, it returns an
-      ``nn.Module`` whose forward returns the feature maps its ``feature_info``
-      (a :class:`backbones.FeatureInfo`) describes.
+    - a :class:`backbones.ResNetSpec`: a variant of the built-in trunk (the ``resnet``
+      family, which honours every option), whose ``block`` may name a block from any
+      plugin. Its names resolve to this plugin's blocks first, then to the built-in
+      ones, then to any other plugin's; write ``"<plugin>:<name>"`` to pin one;
+    - a factory returning a backbone (an ``nn.Module`` whose forward returns the feature
+      maps its ``feature_info``, a :class:`backbones.FeatureInfo`, describes). It is
+      called with the build options its signature names (every one if it takes
+      ``**kwargs``); asking the backbone for another option raises. Its family is its
+      registry name; or
+    - a :class:`backbones.BackboneEntry` (see :func:`backbones.factory_entry`), to name
+      the family, the options it honours and its published weights explicitly.
+
+    What the factory returns is checked against the contract when it is built.
 
     Returns:
-        ``{name: spec_or_factory}``.
+        ``{name: spec_factory_or_entry}``.
     """

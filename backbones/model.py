@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from backbones.registry import create_backbone, create_head
+from backbones.factory import create_backbone, create_head
 
 __all__ = ["BackboneWithHead", "create_model"]
 

@@ -10,7 +10,7 @@ from functools import partial
 from torch import nn
 from torchvision.ops import FrozenBatchNorm2d
 
-from backbones.registry import UnknownNameError
+from backbones.errors import UnknownNameError
 
 __all__ = ["NORM_LAYERS", "NormLayer", "resolve_norm_layer"]
 

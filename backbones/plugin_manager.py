@@ -9,13 +9,14 @@ Order of work, on first registry use (never at import):
 3. every plugin's hooks are called one plugin at a time (again, one that
    raises is recorded and skipped), and their contributions are checked;
 4. a name contributed by two sources is contested: the bare name raises
-   :class:`~backbones.registry.NameConflictError` naming both, each stays
+   :class:`~backbones.errors.NameConflictError` naming both, each stays
    reachable as ``"<plugin>:<name>"``, and a plugin's variants keep using the
    blocks of their own plugin;
 5. only when the registries are complete are the problems issued as
    :class:`PluginWarning` (they are also kept on each :class:`PluginInfo`).
 
-Discovery runs once per process, under a lock: other threads wait for it.
+Discovery runs once per process, under a lock: other threads wait for it. The
+manager fills the registries it is given (:mod:`backbones.catalog` owns them).
 
 This module must not build networks; it only gathers what plugins contribute.
 """
@@ -30,9 +31,14 @@ from typing import Any
 
 import pluggy
 
-from backbones import hookspecs
+from backbones import _builtins, hookspecs
+from backbones.contract import BackboneEntry, factory_entry
+from backbones.errors import PluginWarning
 from backbones.hookspecs import PROJECT
-from backbones.registry import BUILTIN_PROVIDER, QUALIFIER
+from backbones.layers import check_block_entry
+from backbones.registry import BUILTIN_PROVIDER, QUALIFIER, Registry
+from backbones.resnet import resnet_entry
+from backbones.variants import ResNetSpec
 
 __all__ = [
     "DISABLE_AUTOLOAD_ENV",
@@ -42,23 +48,20 @@ __all__ = [
     "PluginWarning",
     "failed_plugins_note",
     "get_plugin_manager",
-    "list_plugins",
 ]
 
 ENTRY_POINT_GROUP = PROJECT
 DISABLE_AUTOLOAD_ENV = "BACKBONES_DISABLE_PLUGIN_AUTOLOAD"
 BUILTIN = BUILTIN_PROVIDER
 
-# hook name -> the registry kind it fills
+# hook name -> the registry kind it fills, in the order they are filled
 _HOOKS = {
+    "backbones_register_layers": "layer",
     "backbones_register_blocks": "block",
     "backbones_register_heads": "head",
     "backbones_register_backbones": "backbone",
 }
-
-
-class PluginWarning(UserWarning):
-    """A plugin failed to load, a hook of it raised, or it contributed something invalid."""
+KINDS = tuple(_HOOKS.values())
 
 
 @dataclass
@@ -131,8 +134,13 @@ class PluginManager:
         with self._lock:
             return list(self._info.values())
 
-    def load(self) -> None:
-        """Register the built-in plugin and installed entry points, then fill the registries.
+    def load(self, targets: "dict[str, Registry[Any]]") -> None:
+        """Register the built-in plugin and installed entry points, then fill ``targets``.
+
+        Args:
+            targets: the registry to fill for each kind ("layer", "block", "head",
+                "backbone").
+
 
         Safe to call more than once and from several threads: only the first call
         works, the others wait for it. Problems are recorded on each plugin's
@@ -148,13 +156,11 @@ class PluginManager:
                 return
             self._loading = True
             try:
-                from backbones import _builtins
-
                 self._register(_builtins, PluginInfo(BUILTIN, _builtins.__name__))
                 if not autoload_disabled():
                     for ep in sorted(_entry_points(), key=lambda e: e.name):
                         self._load_entry_point(ep)
-                self._fill_registries()
+                self._fill_registries(targets)
             finally:
                 self._loading = False
                 self._loaded = True
@@ -208,14 +214,7 @@ class PluginManager:
         self._warnings.append(f"backbones plugin {info.name!r}{where} {message}; skipped")
 
     # -- contributions --------------------------------------------------------------
-    def _fill_registries(self) -> None:
-        from backbones import registry
-
-        targets: dict[str, registry.Registry[Any]] = {
-            "block": registry.BLOCKS,
-            "head": registry.HEADS,
-            "backbone": registry.BACKBONES,
-        }
+    def _fill_registries(self, targets: "dict[str, Registry[Any]]") -> None:
         # kind -> name -> [(info, object)]
         offers: dict[str, dict[str, list[tuple[PluginInfo, Any]]]] = {k: {} for k in targets}
         for hook_name, kind in _HOOKS.items():
@@ -230,7 +229,7 @@ class PluginManager:
                 accepted: list[PluginInfo] = []
                 for info, obj in claims:
                     try:
-                        entry = _as_entry(kind, name, obj, info.name)
+                        entry = _as_entry(kind, name, obj, info.name, targets)
                         target.add(
                             name, entry, source=info.source, provider=info.name, contested_ok=True
                         )
@@ -272,19 +271,21 @@ class PluginManager:
         return result
 
 
-def _as_entry(kind: str, name: str, obj: object, provider: str) -> Any:
+def _as_entry(
+    kind: str, name: str, obj: object, provider: str, targets: "dict[str, Registry[Any]]"
+) -> Any:
     """Check one contribution and turn it into what its registry stores."""
     if kind == "block":
-        from backbones.registry import _check_block
-
-        _check_block(name, obj)
+        check_block_entry(name, obj)
         return obj
     if kind == "backbone":
-        from backbones.resnet import resnet_factory
-        from backbones.variants import ResNetSpec
-
         if isinstance(obj, ResNetSpec):  # its blocks come from its own plugin first
-            return resnet_factory(obj, provider=provider)
+            return resnet_entry(
+                obj, provider=provider, blocks=targets["block"], layers=targets["layer"]
+            )
+        if isinstance(obj, BackboneEntry):
+            return obj
+        return factory_entry(obj, family=name)  # type: ignore[arg-type]
     if not callable(obj):
         raise TypeError(f"expected a factory (a callable), got {type(obj).__name__}")
     return obj
@@ -306,19 +307,6 @@ def get_plugin_manager() -> PluginManager:
             if _MANAGER is None:
                 _MANAGER = PluginManager()
     return _MANAGER
-
-
-def list_plugins() -> list[PluginInfo]:
-    """Every plugin, with its distribution, what it registered, conflicts and failures.
-
-    Example:
-        >>> [p.name for p in list_plugins() if not p.failed][:1]
-        ['builtin']
-    """
-    from backbones.registry import BACKBONES
-
-    BACKBONES.names()  # make sure discovery has run
-    return get_plugin_manager().plugins()
 
 
 def failed_plugins_note() -> str:

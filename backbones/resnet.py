@@ -9,20 +9,41 @@ with ``strict=True``.
 This module builds networks; naming them for users is the registry's job.
 """
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch.fx
 from torch import Tensor, nn
 
-from backbones._checks import check_bool, check_int, is_int, is_number
+from backbones.blocks import BasicBlock, Bottleneck
+from backbones.contract import BackboneEntry
+from backbones.errors import UnknownNameError
 from backbones.features import FeatureInfo, FeatureLevel
+from backbones.layers import BlockLayer, BlockVariant, InsertedLayer
 from backbones.norm import NormLayer, resolve_norm_layer
-from backbones.registry import BLOCKS, BUILTIN_PROVIDER
+from backbones.options import BUILD, BackboneOptions, option_names
+from backbones.registry import BUILTIN_PROVIDER, Registry
 from backbones.variants import ResNetSpec
 
-__all__ = ["ResNet", "ResNetDict", "resnet_factory"]
+__all__ = [
+    "BUILTIN_BLOCKS",
+    "FAMILY",
+    "ResNet",
+    "ResNetDict",
+    "StageBlock",
+    "resnet_entry",
+    "resolve_block_layer",
+    "resolve_stage_blocks",
+]
+
+BUILTIN_BLOCKS: dict[str, type[nn.Module]] = {"basic": BasicBlock, "bottleneck": Bottleneck}
+"""The library's own blocks, by name: what a ResNet built without the registry can use."""
+
+FAMILY = "resnet"
+SUPPORTS = frozenset(option_names(BUILD))
+"""The ResNet trunk honours every build option."""
 
 NUM_STAGES = 4
 STEM_CHANNELS = 64
@@ -38,11 +59,20 @@ _BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm
 
 
 @dataclass(frozen=True)
+class StageBlock:
+    """The block of one stage, resolved: its class and the layers at its insertion points."""
+
+    cls: type[nn.Module]
+    layers: tuple[InsertedLayer, ...] = ()
+
+
+@dataclass(frozen=True)
 class _StagePlan:
     """Where one stage sits in the network: what the builder needs, derived once."""
 
     name: str
     block: type[nn.Module]
+    layers: tuple[InsertedLayer, ...]
     planes: int
     num_blocks: int
     stride: int
@@ -93,26 +123,17 @@ class ResNet(nn.ModuleDict):
 
     Args:
         spec: the variant.
-        out_indices: levels to return (0 = stem, 1..4 = layer1..layer4, negative
-            from the end).
-        in_chans: input channels.
-        output_stride: 8, 16 or 32; below 32, later stages dilate instead of striding.
-        frozen_stages: -1 none, 0 the stem, k the stem and layer1..layer k.
-        norm_eval: keep every BatchNorm in eval mode during training.
-        norm_layer: a name from :data:`backbones.norm.NORM_LAYERS` or a callable.
-        drop_path_rate: stochastic depth, rising linearly over all blocks.
-        zero_init_last: zero each block's last norm gamma at init.
-        block: ``None`` (the spec's block), a block name, or one name per stage.
-        block_kwargs: extra keyword arguments for every block, or four dicts, one per stage.
-        block_provider: the plugin that contributed ``spec``; the spec's block names
-            resolve to its blocks first, then to the built-in ones.
+        options: the validated options (:class:`~backbones.options.BackboneOptions`,
+            which documents each); defaults when None.
+        blocks: the block of each stage, resolved (the factory resolves registered
+            names); by default the spec's block names among the built-in blocks.
 
     Raises:
-        ValueError, TypeError: an option is invalid; the message names it.
-        UnknownNameError: a block or norm name is not registered.
+        ValueError: ``out_indices`` or ``frozen_stages`` out of range for this network.
+        UnknownNameError: ``blocks`` is None and the spec names a block that is not built in.
 
     Example:
-        >>> bb = ResNet(RESNET_VARIANTS["resnet18"], out_indices=(2, 4))
+        >>> bb = ResNet(RESNET_VARIANTS["resnet18"], BackboneOptions(out_indices=(2, 4)))
         >>> [f.shape[1] for f in bb(torch.zeros(1, 3, 64, 64))]  # doctest: +SKIP
         [128, 512]
     """
@@ -125,44 +146,25 @@ class ResNet(nn.ModuleDict):
     def __init__(
         self,
         spec: ResNetSpec,
+        options: BackboneOptions | None = None,
         *,
-        out_indices: Sequence[int] = (1, 2, 3, 4),
-        in_chans: int = 3,
-        output_stride: int = 32,
-        frozen_stages: int = -1,
-        norm_eval: bool = False,
-        norm_layer: str | NormLayer = "batchnorm",
-        drop_path_rate: float = 0.0,
-        zero_init_last: bool = False,
-        block: str | Sequence[str] | None = None,
-        block_kwargs: dict[str, Any] | Sequence[dict[str, Any]] | None = None,
-        block_provider: str = BUILTIN_PROVIDER,
+        blocks: Sequence[StageBlock] | None = None,
     ) -> None:
         super().__init__()
-        check_int("in_chans", in_chans)
-        if not is_int(output_stride) or output_stride not in OUTPUT_STRIDES:
-            raise ValueError(
-                f"output_stride={output_stride!r} is not supported; accepted: "
-                f"{', '.join(map(str, OUTPUT_STRIDES))}"
-            )
-        check_bool("norm_eval", norm_eval)
-        check_bool("zero_init_last", zero_init_last)
-        if not is_number(drop_path_rate):
-            raise TypeError(f"drop_path_rate must be a float in [0, 1), got {drop_path_rate!r}")
-        if not 0.0 <= drop_path_rate < 1.0:
-            raise ValueError(f"drop_path_rate={drop_path_rate!r} is out of range; accepted: [0, 1)")
-        stage_kwargs = _resolve_block_kwargs(block_kwargs)
-        norm = resolve_norm_layer(norm_layer)
-        plans = _plan_stages(spec, _resolve_blocks(spec, block, block_provider), output_stride)
+        options = options or BackboneOptions()
+        if blocks is None:
+            blocks = [StageBlock(_builtin_block(name)) for name in _stage_names(spec.block)]
+        stage_kwargs = _stage_block_kwargs(options.block_kwargs)
+        norm = resolve_norm_layer(options.norm_layer)
+        plans = _plan_stages(spec, blocks, options.output_stride)
 
         levels = [FeatureLevel(0, STEM_CHANNELS, 2, "act1")]
         levels += [
             FeatureLevel(i + 1, p.out_channels, p.reduction, p.name) for i, p in enumerate(plans)
         ]
-        self.feature_info = FeatureInfo(levels, out_indices)
+        self.feature_info = FeatureInfo(levels, options.out_indices)
         deepest = self.feature_info.out_indices[-1]
-        if not is_int(frozen_stages):
-            raise TypeError(f"frozen_stages must be an int, got {frozen_stages!r}")
+        frozen_stages = options.frozen_stages
         if not -1 <= frozen_stages <= deepest:
             raise ValueError(
                 f"frozen_stages={frozen_stages} is out of range; accepted: -1 (nothing) .. "
@@ -171,13 +173,13 @@ class ResNet(nn.ModuleDict):
             )
 
         self.spec = spec
-        self.output_stride = output_stride
+        self.output_stride = options.output_stride
         self.frozen_stages = frozen_stages
-        self.norm_eval = norm_eval
+        self.norm_eval = options.norm_eval
         self.return_layers = self.feature_info.module_name()
-        self.in_chans = in_chans
+        self.in_chans = options.in_chans
 
-        self.conv1 = _make_stem_conv(spec, in_chans, norm)
+        self.conv1 = _make_stem_conv(spec, options.in_chans, norm)
         self.bn1 = norm(STEM_CHANNELS)
         self.act1 = nn.ReLU(inplace=True)
         total_blocks = sum(spec.layers)
@@ -187,7 +189,7 @@ class ResNet(nn.ModuleDict):
             if level == 1:
                 self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
             rates = [
-                drop_path_rate * i / max(total_blocks - 1, 1)
+                options.drop_path_rate * i / max(total_blocks - 1, 1)
                 for i in range(first_block, first_block + plan.num_blocks)
             ]
             self[plan.name] = _make_layer(
@@ -196,7 +198,7 @@ class ResNet(nn.ModuleDict):
             inplanes = plan.out_channels
             first_block += plan.num_blocks
 
-        self._init_weights(zero_init_last)
+        self._init_weights(options.zero_init_last)
         self._frozen = (["conv1", "bn1"] if frozen_stages >= 0 else []) + [
             f"layer{k}" for k in range(1, frozen_stages + 1)
         ]
@@ -255,50 +257,113 @@ class ResNetDict(ResNet):
         return features
 
 
-def resnet_factory(spec: ResNetSpec, *, provider: str = BUILTIN_PROVIDER) -> Callable[..., ResNet]:
-    """The registry factory for a variant: accepts every :func:`create_backbone` option.
+def resnet_entry(
+    spec: ResNetSpec, *, provider: str, blocks: Registry[Any], layers: Registry[Any]
+) -> BackboneEntry:
+    """The registry entry of a variant: the ResNet family, honouring every build option.
 
-    ``provider`` is the plugin that contributed ``spec``: the block names in the spec
-    resolve to that plugin's blocks first, then to the built-in ones, so another
-    plugin registering the same block name cannot change the variant.
+    Args:
+        spec: the variant.
+        provider: the plugin that contributed it; the spec's block (and its layers')
+            names resolve to that plugin's entries first, then to the built-in ones, so
+            another plugin registering the same name cannot change the variant.
+        blocks: the block registry, to resolve block names when a backbone is built.
+        layers: the layer registry, to resolve layer names.
     """
+    return BackboneEntry(
+        partial(_build, spec, provider, blocks, layers),
+        FAMILY,
+        SUPPORTS,
+        spec.weights,
+        f"{FAMILY} trunk ({provider} variant)",
+    )
 
-    def factory(*, return_dict: bool = False, **options: Any) -> ResNet:
-        check_bool("return_dict", return_dict)
-        cls = ResNetDict if return_dict else ResNet
-        return cls(spec, block_provider=provider, **options)
 
-    factory.weights = spec.weights  # type: ignore[attr-defined]  # read by create_backbone
-    return factory
+def _build(
+    spec: ResNetSpec,
+    provider: str,
+    blocks: Registry[Any],
+    layers: Registry[Any],
+    options: BackboneOptions,
+) -> ResNet:
+    cls = ResNetDict if options.return_dict else ResNet
+    resolved = resolve_stage_blocks(spec, options, provider, blocks, layers)
+    return cls(spec, options, blocks=resolved)
 
 
-def _resolve_blocks(
-    spec: ResNetSpec, block: str | Sequence[str] | None, provider: str
-) -> list[type[nn.Module]]:
-    # The spec's own names prefer its plugin's blocks; names the user gives resolve as
-    # written (a contested bare name raises, "<plugin>:<name>" picks one).
+def resolve_stage_blocks(
+    spec: ResNetSpec,
+    options: BackboneOptions,
+    provider: str,
+    blocks: Registry[Any],
+    layers: Registry[Any],
+) -> list[StageBlock]:
+    """Each stage's block class and inserted layers, from names to objects.
+
+    The spec's own block names prefer its plugin's blocks; names the user gives resolve
+    as written (a contested bare name raises, ``"<plugin>:<name>"`` picks one).
+
+    Raises:
+        UnknownNameError, NameConflictError: a block or layer name.
+        ValueError: layers asked for a stage whose block has no insertion points.
+    """
     prefer: tuple[str, ...] = ()
-    if block is None:
-        block = spec.block
-        prefer = (provider, BUILTIN_PROVIDER)
-    if isinstance(block, str):
-        names: Sequence[str] = (block,) * NUM_STAGES
-    elif (
-        isinstance(block, Sequence)
-        and len(block) == NUM_STAGES
-        and all(isinstance(b, str) for b in block)
-    ):
-        names = block
+    if options.block is None:
+        names, prefer = _stage_names(spec.block), (provider, BUILTIN_PROVIDER)
     else:
-        raise ValueError(
-            f"block={block!r} is not accepted; give one registered block name, or "
-            f"{NUM_STAGES} names (one per stage), e.g. ('bottleneck',) * {NUM_STAGES}"
-        )
-    return [BLOCKS.get(name, prefer=prefer) for name in names]
+        names, prefer = _stage_names(options.block), ()
+    out = []
+    for stage, name in enumerate(names, start=1):
+        entry = blocks.entry(name, prefer=prefer)
+        obj, inserted = entry.obj, []
+        if isinstance(obj, BlockVariant):
+            inserted += [
+                resolve_block_layer(bl, layers, (entry.provider, BUILTIN_PROVIDER))
+                for bl in obj.layers
+            ]
+            obj = obj.base
+        inserted += [
+            resolve_block_layer(bl, layers) for bl in options.block_layers if stage in bl.stages
+        ]
+        if inserted and not getattr(obj, "positions", ()):
+            raise ValueError(
+                f"block {name!r} ({obj.__qualname__}) in layer{stage} has no insertion points, "
+                f"so it cannot take {', '.join(repr(i.label) for i in inserted)}; use "
+                f"block_layers with blocks that have them (basic, bottleneck), or leave "
+                f"layer{stage} out of the layer's stages"
+            )
+        out.append(StageBlock(obj, tuple(inserted)))
+    return out
+
+
+def resolve_block_layer(
+    layer: BlockLayer, registry: Registry[Any], prefer: tuple[str, ...] = ()
+) -> InsertedLayer:
+    """A :class:`BlockLayer` resolved for a block: its factory looked up and its kwargs bound.
+
+    Raises:
+        UnknownNameError, NameConflictError: the layer's name.
+    """
+    if isinstance(layer.layer, str):
+        factory, label = registry.get(layer.layer, prefer=prefer), layer.layer
+    else:
+        factory, label = layer.layer, getattr(layer.layer, "__qualname__", repr(layer.layer))
+    build = partial(factory, **layer.kwargs) if layer.kwargs else factory
+    return InsertedLayer(layer.module_name, layer.position, build, label)
+
+
+def _stage_names(block: str | Sequence[str]) -> tuple[str, ...]:
+    return (block,) * NUM_STAGES if isinstance(block, str) else tuple(block)
+
+
+def _builtin_block(name: str) -> type[nn.Module]:
+    if name not in BUILTIN_BLOCKS:
+        raise UnknownNameError("built-in block", name, list(BUILTIN_BLOCKS))
+    return BUILTIN_BLOCKS[name]
 
 
 def _plan_stages(
-    spec: ResNetSpec, blocks: Sequence[type[nn.Module]], output_stride: int
+    spec: ResNetSpec, blocks: Sequence[StageBlock], output_stride: int
 ) -> list[_StagePlan]:
     plans = []
     net_stride, dilation = 4, 1  # the stem and max-pool reduce by 4
@@ -315,7 +380,8 @@ def _plan_stages(
         plans.append(
             _StagePlan(
                 f"layer{i + 1}",
-                block,
+                block.cls,
+                block.layers,
                 planes,
                 num_blocks,
                 stride,
@@ -391,73 +457,32 @@ def _make_layer(
                 first_dilation=plan.prev_dilation if first else plan.dilation,
                 norm_layer=norm,
                 drop_path=rate,
+                **({"layers": plan.layers} if plan.layers else {}),
                 **block_kwargs,
             )
         except TypeError as err:
             if block_kwargs and "unexpected keyword argument" in str(err):
+                hint = (
+                    "; arguments of an attention layer are its BlockLayer's kwargs now: "
+                    "block_layers=[BlockLayer('se', name='se', kwargs={...})]"
+                    if "attn_kwargs" in block_kwargs
+                    else "; give one dict per stage to pass them to some stages only"
+                )
                 raise TypeError(
                     f"block {plan.block.__name__} in {plan.name} does not accept block_kwargs "
-                    f"{sorted(block_kwargs)} ({err}); give one dict per stage to pass them "
-                    f"to some stages only"
+                    f"{sorted(block_kwargs)} ({err}){hint}"
                 ) from err
             raise
         blocks.append(block)
     return nn.Sequential(*blocks)
 
 
-def _resolve_block_kwargs(
+def _stage_block_kwargs(
     block_kwargs: dict[str, Any] | Sequence[dict[str, Any]] | None,
 ) -> list[dict[str, Any]]:
+    """One dict per stage (``block_kwargs`` is validated by the option table)."""
     if block_kwargs is None:
         return [{} for _ in range(NUM_STAGES)]
     if isinstance(block_kwargs, dict):
-        _check_block_kwargs("block_kwargs", block_kwargs)
         return [dict(block_kwargs) for _ in range(NUM_STAGES)]
-    if (
-        isinstance(block_kwargs, Sequence)
-        and not isinstance(block_kwargs, str)
-        and len(block_kwargs) == NUM_STAGES
-        and all(isinstance(k, dict) for k in block_kwargs)
-    ):
-        for stage, kwargs in enumerate(block_kwargs):
-            _check_block_kwargs(f"block_kwargs[{stage}]", kwargs)
-        return [dict(k) for k in block_kwargs]
-    raise TypeError(
-        f"block_kwargs must be a dict, {NUM_STAGES} dicts (one per stage) or None, "
-        f"got {block_kwargs!r}"
-    )
-
-
-# The arguments the trunk passes to every block itself, and where each comes from:
-# block_kwargs naming one would otherwise fail with Python's "got multiple values".
-_TRUNK_BLOCK_ARGS: dict[str, str] = {
-    "inplanes": "the trunk (the previous stage's output channels)",
-    "planes": "the trunk (the stage widths 64, 128, 256, 512); a block's 'expansion' scales them",
-    "stride": "the trunk (the stage's place in the network) and the output_stride option",
-    "downsample": "the trunk, which builds each stage's shortcut (ResNetSpec.avg_down picks "
-    "the pooled shortcut of the 'd' variants)",
-    "groups": "the variant (ResNetSpec.groups): pick a variant with it, such as "
-    "resnext50_32x4d, or register a ResNetSpec of your own",
-    "base_width": "the variant (ResNetSpec.width_per_group): pick a variant with it, such as "
-    "wide_resnet50_2, or register a ResNetSpec of your own",
-    "dilation": "the output_stride option (8 or 16 dilates the last stages)",
-    "first_dilation": "the output_stride option (8 or 16 dilates the last stages)",
-    "norm_layer": "the norm_layer option",
-    "drop_path": "the drop_path_rate option (a rate rising linearly over the blocks)",
-}
-
-
-def _check_block_kwargs(where: str, kwargs: dict[Any, Any]) -> None:
-    for key in kwargs:
-        if not isinstance(key, str):
-            raise TypeError(
-                f"{where} keys must be str (keyword argument names of the block), "
-                f"got {key!r} in {kwargs!r}"
-            )
-    taken = [key for key in kwargs if key in _TRUNK_BLOCK_ARGS]
-    if taken:
-        reasons = "; ".join(f"{key!r} comes from {_TRUNK_BLOCK_ARGS[key]}" for key in taken)
-        raise TypeError(
-            f"{where} cannot set {', '.join(map(repr, taken))}: the trunk passes "
-            f"{'it' if len(taken) == 1 else 'them'} to every block itself; {reasons}"
-        )
+    return [dict(k) for k in block_kwargs]

@@ -43,7 +43,10 @@ def test_weights_lists_the_tags_sources_and_licences_of_a_variant():
 def test_list_prints_matching_backbones_blocks_and_heads():
     result = _run_cli("list", "resnet5*")  # built-ins only: plugins would add names
     assert result.returncode == 0, result.stderr
-    assert result.stdout == "backbones (2):\n  resnet50\n  resnet50d\nblocks (0):\nheads (0):\n"
+    assert (
+        result.stdout
+        == "backbones (2):\n  resnet50\n  resnet50d\nblocks (0):\nlayers (0):\nheads (0):\n"
+    )
 
 
 def test_list_without_pattern_shows_every_builtin():
@@ -255,7 +258,7 @@ def _subparsers() -> dict[str, argparse.ArgumentParser]:
 
 def test_every_argument_of_every_subcommand_has_help_and_options_show_a_default():
     parsers = _subparsers()
-    assert set(parsers) == {"list", "plugins", "bench", "weights", "convert"}
+    assert set(parsers) == {"list", "plugins", "info", "bench", "weights", "convert"}
     for command, parser in parsers.items():
         for action in parser._actions:
             if isinstance(action, argparse._HelpAction):

@@ -25,3 +25,11 @@ def test_readme_python_examples_run():
     )
     assert result.returncode == 0, result.stderr
     assert "reductions [4, 8, 16, 32]" in result.stdout
+
+
+def test_readme_option_table_is_the_option_table():
+    # The table is made from BackboneOptions: a new option changes one definition, and
+    # this test says the README must be regenerated (options_table_markdown()).
+    from backbones.options import options_table_markdown
+
+    assert options_table_markdown() in README.read_text()

@@ -5,10 +5,15 @@
 * :mod:`.loading`: :func:`load_pretrained` and its :class:`LoadReport`.
 * :mod:`.in_chans`: strategies for ``in_chans != 3`` (repeat, mean, zeros, channel maps).
 * :mod:`.config`: :class:`PretrainedCfg`, the variants' published weights and pre-processing.
-* :mod:`.saving`: :func:`save_backbone` / :func:`load_backbone`.
 * :mod:`.convert`: one-time conversion (detectron2 ``.pkl``, detectors, ...) to our names.
+
+Saving a whole backbone with its options is :mod:`backbones.saving` (it builds
+backbones, so it sits above this package).
+
+This package reads, maps and loads tensors; it never builds a network.
 """
 
+from backbones.errors import WeightsError, WeightsLoadError
 from backbones.weights.config import PretrainedCfg
 from backbones.weights.convert import convert_checkpoint
 from backbones.weights.formats import FORMATS, CheckpointFormat, detect_format
@@ -17,9 +22,7 @@ from backbones.weights.in_chans import (
     adapt_first_conv,
     register_in_chans_strategy,
 )
-from backbones.weights.loading import LoadReport, WeightsLoadError, load_pretrained
-from backbones.weights.saving import load_backbone, save_backbone
-from backbones.weights.sources import WeightsError
+from backbones.weights.loading import LoadReport, load_pretrained
 
 __all__ = [
     "FORMATS",
@@ -32,8 +35,6 @@ __all__ = [
     "adapt_first_conv",
     "convert_checkpoint",
     "detect_format",
-    "load_backbone",
     "load_pretrained",
     "register_in_chans_strategy",
-    "save_backbone",
 ]

@@ -17,6 +17,8 @@ from typing import Any
 
 import torch
 
+from backbones.errors import UnknownNameError, WeightsError
+
 __all__ = [
     "FORMATS",
     "CheckpointFormat",
@@ -200,8 +202,6 @@ def check_format(name: str | None, *, option: str = "format") -> None:
         option: how the caller spells the option, named in the message.
     """
     if name is not None and name not in FORMATS:
-        from backbones.registry import UnknownNameError
-
         raise UnknownNameError(
             "checkpoint format",
             name,
@@ -218,8 +218,6 @@ def to_our_names(
     Raises:
         WeightsError: the checkpoint holds no weights where its format keeps them.
     """
-    from backbones.weights.sources import WeightsError
-
     fmt = FORMATS[format or detect_format(checkpoint)]
     try:
         return extract_state_dict(checkpoint, fmt), fmt

@@ -17,9 +17,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from backbones.errors import WeightsLoadError
 from backbones.weights.formats import FORMATS, check_format, strip_outer_prefix, to_our_names
 from backbones.weights.in_chans import IN_CHANS_STRATEGIES, adapt_first_conv
-from backbones.weights.sources import WeightsError, check_sha256, read_source
+from backbones.weights.sources import check_sha256, read_source
 
 __all__ = [
     "LoadReport",
@@ -86,25 +87,16 @@ def _some(keys: Sequence[str], n: int = 6) -> str:
     return shown + (f", ... (+{len(keys) - n} more)" if len(keys) > n else "")
 
 
-class WeightsLoadError(WeightsError):
-    """Strict loading found missing, unexpected or mismatched keys; nothing was changed.
-
-    Attributes:
-        report: the full :class:`LoadReport`.
-    """
-
-    def __init__(
-        self, report: LoadReport, expected: int = 0, hint: str = "", advice: str = ""
-    ) -> None:
-        self.report = report
-        report.applied = False
-        advice = advice or (
-            "Pass pretrained_strict=False to load what fits, or pretrained_format= "
-            "if the format was misdetected."
-        )
-        super().__init__(
-            f"{_headline(report, expected, hint)}; nothing was loaded:\n{report}\n{advice}"
-        )
+def _load_error(report: LoadReport, expected: int, hint: str, advice: str) -> WeightsLoadError:
+    """The strict-loading error: a headline, the report, and what to do."""
+    report.applied = False  # before the report is written into the message
+    advice = advice or (
+        "Pass pretrained_strict=False to load what fits, or pretrained_format= "
+        "if the format was misdetected."
+    )
+    return WeightsLoadError(
+        report, f"{_headline(report, expected, hint)}; nothing was loaded:\n{report}\n{advice}"
+    )
 
 
 def _headline(report: LoadReport, expected: int, hint: str) -> str:
@@ -291,7 +283,7 @@ def load_state_dict_into(
     ]
     if strict and not report.ok:
         expected = [k for k in ours if not k.endswith("num_batches_tracked")]
-        raise WeightsLoadError(report, len(expected), _stages_hint(ours, state), advice)
+        raise _load_error(report, len(expected), _stages_hint(ours, state), advice)
     _load_atomically(model, new)
     if report.ok:
         log.info("%s", report)

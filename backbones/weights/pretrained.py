@@ -10,16 +10,15 @@ import contextlib
 import difflib
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
-from typing import Any
 
 from torch import nn
 
-from backbones.registry import BACKBONES
+from backbones.catalog import BACKBONES
+from backbones.options import BackboneOptions
 from backbones.weights.config import PretrainedCfg, check_cfg_overlay, set_attributes
-from backbones.weights.in_chans import check_channel_map
-from backbones.weights.loading import check_load_options, first_conv_name, load_pretrained
+from backbones.weights.loading import first_conv_name, load_pretrained
 from backbones.weights.sources import (
     PICKLE_SUFFIXES,
     SAFETENSORS_SUFFIX,
@@ -109,72 +108,22 @@ def _is_timm_spelling(name: str, model: str, tag: str) -> bool:
     return model == name or model in BACKBONES or bool(re.search(r"(^|_)in\d+k", tag))
 
 
-def _check_options(
-    *,
-    strict: object,
-    format: object,
-    in_chans_strategy: object,
-    sha256: object,
-    cfg_overlay: object,
-) -> None:
-    """TypeError for a create_backbone weights option of the wrong type, by its name."""
-    check_load_options(
-        strict=strict,
-        format=format,
-        in_chans_strategy=in_chans_strategy,
-        sha256=sha256,
-        prefix="pretrained_",
-    )
-    if cfg_overlay is not None and not isinstance(cfg_overlay, Mapping):
-        raise TypeError(
-            f"pretrained_cfg_overlay must be a dict of pretrained_cfg keys to new values, "
-            f"e.g. {{'input_size': (3, 160, 160)}}, or None; got {cfg_overlay!r} "
-            f"({type(cfg_overlay).__name__})"
-        )
-
-
 def apply_pretrained(
-    model: nn.Module,
-    name: str,
-    weights: Sequence[PretrainedCfg],
-    *,
-    pretrained: Pretrained,
-    in_chans: int,
-    strict: bool = True,
-    format: str | None = None,
-    in_chans_strategy: str | Sequence[int | None] = "repeat",
-    sha256: str = "",
-    cfg_overlay: Mapping[str, Any] | None = None,
+    model: nn.Module, name: str, weights: Sequence[PretrainedCfg], options: BackboneOptions
 ) -> None:
-    """Load ``pretrained`` into ``model`` and set ``model.pretrained_cfg`` (and report).
+    """Load ``options.pretrained`` into ``model`` and set ``model.pretrained_cfg`` (and report).
 
-    ``pretrained_cfg["first_conv"]`` is the built model's first convolution (``conv1.0``
-    for a deep stem), whatever the table row says, so no row can get it wrong.
+    The options were validated when ``options`` was made. ``pretrained_cfg["first_conv"]``
+    is the built model's first convolution (``conv1.0`` for a deep stem), whatever the
+    table row says, so no row can get it wrong.
 
     Raises:
         WeightsError: the weights cannot be found, read or fitted; the message says why.
-        TypeError: an option of the wrong type (named as ``create_backbone`` spells it),
-            or a ``cfg_overlay`` value of the wrong type.
-        ValueError: a bad ``in_chans_strategy`` or ``cfg_overlay`` (unknown key, value
-            out of range), or an unknown ``format`` or a malformed ``sha256``: every
-            option is checked, whether or not ``pretrained`` is given.
     """
-    if not isinstance(pretrained, bool | str | os.PathLike) and pretrained is not None:
-        raise TypeError(
-            f"pretrained must be True/False, a weights tag, a path, a URL or 'hf-hub:<repo>', "
-            f"got {type(pretrained).__name__}"
-        )
-    _check_options(
-        strict=strict,
-        format=format,
-        in_chans_strategy=in_chans_strategy,
-        sha256=sha256,
-        cfg_overlay=cfg_overlay,
-    )
-    if not isinstance(in_chans_strategy, str):
-        check_channel_map(list(in_chans_strategy), in_chans)
-    # Before any download: a typo or a wrong type fails at once.
-    overlay = check_cfg_overlay(cfg_overlay or {}, in_chans=in_chans)
+    pretrained = options.pretrained
+    in_chans, in_chans_strategy = options.in_chans, options.in_chans_strategy
+    sha256 = options.pretrained_sha256
+    overlay = check_cfg_overlay(options.pretrained_cfg_overlay or {}, in_chans=in_chans)
     chosen = _pick(name, weights, pretrained) if pretrained else None
     cfg = chosen or (weights[0] if weights else PretrainedCfg(tag="", license=""))
     if pretrained and chosen is None:  # a file, URL or hub id: keep the variant's pre-processing
@@ -198,8 +147,8 @@ def apply_pretrained(
         report = load_pretrained(
             model,
             source,
-            format=format,
-            strict=strict,
+            format=options.pretrained_format,
+            strict=options.pretrained_strict,
             in_chans_strategy=in_chans_strategy,
             sha256=sha256 or (chosen.sha256 if chosen else ""),
         )

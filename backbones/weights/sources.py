@@ -24,6 +24,7 @@ weights is fetched again.
 import contextlib
 import hashlib
 import http.client
+import json
 import logging
 import os
 import pickle
@@ -39,6 +40,8 @@ from typing import Any
 from urllib.parse import urlparse
 
 import torch
+
+from backbones.errors import WeightsError
 
 __all__ = [
     "WeightsError",
@@ -68,10 +71,6 @@ _OFFLINE_HINT = (
     "to use cached files only, without trying the hub, set HF_HUB_OFFLINE=1 "
     "(the files must have been downloaded once while online)"
 )
-
-
-class WeightsError(ValueError):
-    """Weights could not be found, fetched, verified, read or loaded. The message says why."""
 
 
 def sha256_of(path: Path) -> str:
@@ -425,8 +424,6 @@ def hub_preprocessing(spec: str) -> dict[str, Any]:
     Returns only the keys in ``HUB_CFG_KEYS``, lists as tuples; an empty dict when the
     repository has no such file, or it is not cached and the hub cannot be reached.
     """
-    import json
-
     from huggingface_hub import hf_hub_download
 
     try:

@@ -4,34 +4,30 @@ The hooks only describe contributions and return fresh dicts; the plugin
 manager of ``backbones`` registers them.
 """
 
-from torch import nn
+from backbones import BlockVariant, PretrainedCfg, ResNetSpec, hookimpl
+from backbones.layers import LayerFactory
+from backbones_attention.blocks import BLOCKS
+from backbones_attention.layers import LAYERS
 
-from backbones import PretrainedCfg, ResNetSpec, hookimpl
-from backbones_attention.blocks import (
-    CbamBasicBlock,
-    CbamBottleneck,
-    EcaBasicBlock,
-    EcaBottleneck,
-    SEBasicBlock,
-    SEBottleneck,
-)
-
-__all__ = ["backbones_register_backbones", "backbones_register_blocks"]
+__all__ = [
+    "backbones_register_backbones",
+    "backbones_register_blocks",
+    "backbones_register_layers",
+]
 
 _LAYERS_50 = (3, 4, 6, 3)
 
 
 @hookimpl
-def backbones_register_blocks() -> dict[str, type[nn.Module]]:
+def backbones_register_layers() -> dict[str, LayerFactory]:
+    """timm's SE, ECA, CBAM and global-context (GCNet) attention layers."""
+    return dict(LAYERS)
+
+
+@hookimpl
+def backbones_register_blocks() -> dict[str, BlockVariant]:
     """SE, ECA and CBAM versions of the basic and bottleneck blocks."""
-    return {
-        "se_basic": SEBasicBlock,
-        "se_bottleneck": SEBottleneck,
-        "eca_basic": EcaBasicBlock,
-        "eca_bottleneck": EcaBottleneck,
-        "cbam_basic": CbamBasicBlock,
-        "cbam_bottleneck": CbamBottleneck,
-    }
+    return dict(BLOCKS)
 
 
 def _timm_hub(hub_id: str, crop_pct: float = 0.875) -> tuple[PretrainedCfg, ...]:

@@ -1,17 +1,30 @@
-"""The attention blocks inside the trunk: shapes, feature_info, options, refusals, export."""
+"""The attention blocks inside the trunk: shapes, feature_info, options, refusals, export.
+
+Each block is a variant, the built-in block with a timm attention layer named ``se``
+after its last norm; these tests build them through the registry, as users do.
+"""
 
 import math
 from collections.abc import Iterator
+from functools import partial
 
 import pytest
 import torch
-from backbones_attention.blocks import AttentionBasicBlock, AttentionBottleneck
 from timm.layers import EcaModule, SEModule
 from timm.layers.cbam import CbamModule
 from torch import Tensor, nn
 
-from backbones import create_backbone, get_block, optimize_for_inference
+from backbones import (
+    BlockLayer,
+    BlockVariant,
+    create_backbone,
+    get_block,
+    get_layer,
+    optimize_for_inference,
+)
 from backbones.blocks import BasicBlock, Bottleneck
+from backbones.layers import InsertedLayer
+from backbones.testing import check_block, check_feature_contract
 
 ALL_LEVELS = (0, 1, 2, 3, 4)
 SIZE = 64
@@ -36,6 +49,18 @@ def _blocks(model: nn.Module, layer: str) -> list[nn.Module]:
     return list(model.get_submodule(layer).children())
 
 
+def _base_and_last_norm(block: str) -> tuple[type[nn.Module], str]:
+    return (BasicBlock, "bn2") if block in BASIC else (Bottleneck, "bn3")
+
+
+def _inserted(variant: BlockVariant) -> tuple[InsertedLayer, ...]:
+    """A variant's layers as its base block's constructor takes them (what the trunk passes)."""
+    return tuple(
+        InsertedLayer(bl.module_name, bl.position, partial(get_layer(bl.layer), **bl.kwargs))
+        for bl in variant.layers
+    )
+
+
 @pytest.mark.parametrize(
     ("name", "block", "channels"),
     [
@@ -45,10 +70,9 @@ def _blocks(model: nn.Module, layer: str) -> list[nn.Module]:
         ("resnet18", "eca_bottleneck", [64, 256, 512, 1024, 2048]),
     ],
 )
-@torch.no_grad()
 def test_shapes_and_feature_info(name, block, channels):
     bb = create_backbone(name, block=block, out_indices=ALL_LEVELS).eval()
-    feats = bb(_image(batch=2))
+    feats = check_feature_contract(bb, _image(batch=2))
 
     info = bb.feature_info
     assert info.channels() == channels
@@ -58,24 +82,26 @@ def test_shapes_and_feature_info(name, block, channels):
         (2, c, math.ceil(SIZE / r), math.ceil(SIZE / r))
         for c, r in zip(channels, info.reduction(), strict=True)
     ]
+    base, _ = _base_and_last_norm(block)
     for layer in ("layer1", "layer4"):
         for blk in _blocks(bb, layer):
-            assert isinstance(blk, get_block(block))
+            assert type(blk) is base
             assert isinstance(blk.se, ATTENTION[block])
 
 
 @pytest.mark.parametrize("block", list(ATTENTION))
-def test_block_subclasses_the_builtin_and_places_se_after_the_last_norm(block):
-    cls = get_block(block)
-    base, last_norm = (BasicBlock, "bn2") if block in BASIC else (Bottleneck, "bn3")
-    assert issubclass(cls, base)
-    assert cls.expansion == base.expansion
+def test_variant_is_the_builtin_block_with_se_after_the_last_norm(block):
+    variant = get_block(block)
+    base, last_norm = _base_and_last_norm(block)
+    assert isinstance(variant, BlockVariant)
+    assert variant.base is base
+    assert variant.expansion == base.expansion
 
-    blk = cls(64, 64, stride=2, downsample=nn.Conv2d(64, 64 * cls.expansion, 1, 2))
-    names = [n for n, _ in blk.named_children()]
+    bb = create_backbone("resnet50", block=block, out_indices=(2,))
+    names = [n for n, _ in bb.layer2[0].named_children()]  # a block with a downsample
     assert names[names.index(last_norm) + 1] == "se"
-    assert names.index("se") < names.index("downsample")
-    assert isinstance(blk.se, ATTENTION[block])
+    # before the shortcut, stochastic depth and the activation that adds the two
+    assert names[names.index("se") + 1 :] == ["downsample", "drop_path", f"act{last_norm[-1]}"]
 
 
 def test_blocks_per_stage_put_attention_only_where_asked():
@@ -95,50 +121,18 @@ def test_blocks_per_stage_put_attention_only_where_asked():
 
 @pytest.mark.parametrize("block", list(BASIC))
 def test_basic_attention_blocks_refuse_groups(block):
-    with pytest.raises(ValueError, match="groups"):
+    with pytest.raises(ValueError, match="groups=32"):
         create_backbone("resnext50_32x4d", block=block)
-    with pytest.raises(ValueError, match="groups"):
-        get_block(block)(64, 64, groups=32)
 
 
 def test_basic_attention_block_refuses_base_width():
-    with pytest.raises(ValueError, match="base_width"):
+    with pytest.raises(ValueError, match="base_width=128"):
         create_backbone("wide_resnet50_2", block="se_basic")
 
 
-def test_attn_kwargs_reach_the_attention_module():
-    bb = create_backbone(
-        "resnet50",
-        out_indices=(1,),
-        block="se_bottleneck",
-        block_kwargs={"attn_kwargs": {"rd_ratio": 0.25}},
-    )
-    assert bb.layer1[0].se.fc1.out_channels == 64  # 256 * 1/4 (default 1/16 gives 16)
+def test_cbam_default_reduction_is_timms():
     bb = create_backbone("resnet18", out_indices=(1,), block="cbam_basic")
     assert bb.layer1[0].se.channel.fc1.out_channels == 4  # timm's CBAM default: 64 / 16
-
-
-def test_attn_kwargs_errors_name_the_option():
-    with pytest.raises(TypeError, match="attn_kwargs"):
-        create_backbone("resnet18", block="eca_basic", block_kwargs={"attn_kwargs": {"nope": 1}})
-    with pytest.raises(TypeError, match="attn_kwargs"):
-        get_block("se_bottleneck")(64, 64, attn_kwargs=3)
-
-
-def test_attention_base_without_attn_layer_says_so():
-    with pytest.raises(TypeError, match="attn_layer"):
-        AttentionBottleneck(64, 64)
-    with pytest.raises(TypeError, match="attn_layer"):
-        AttentionBasicBlock(64, 64)
-
-
-def test_third_party_subclass_picks_its_own_attention():
-    class GatedBottleneck(AttentionBottleneck):
-        attn_layer = nn.Identity  # any callable taking the channel count
-
-    blk = GatedBottleneck(256, 64).eval()
-    assert isinstance(blk.se, nn.Identity)
-    assert blk(torch.randn(1, 256, 8, 8)).shape == (1, 256, 8, 8)
 
 
 @torch.no_grad()
@@ -170,6 +164,20 @@ def test_groupnorm_trunk_keeps_timm_cbam_spatial_norm():
     assert bb.eval()(_image())[0].shape == (1, 512, 2, 2)
 
 
+@pytest.mark.parametrize("block", [b for b in ATTENTION if not b.startswith("cbam")])
+def test_variant_follows_the_block_contract(block):
+    variant = get_block(block)
+    check_block(variant.base, block_kwargs={"layers": _inserted(variant)})
+
+
+@pytest.mark.parametrize("block", ["cbam_basic", "cbam_bottleneck"])
+def test_block_contract_check_reports_cbams_own_batchnorm(block):
+    # timm's CbamModule builds its spatial BatchNorm2d(1) itself, not with norm_layer
+    variant = get_block(block)
+    with pytest.raises(AssertionError, match=r"BatchNorms not built by norm_layer: se\.spatial"):
+        check_block(variant.base, block_kwargs={"layers": _inserted(variant)})
+
+
 MIXED_BASIC = ("se_basic", "eca_basic", "cbam_basic", "basic")
 MIXED_BOTTLENECK = ("se_bottleneck", "eca_bottleneck", "cbam_bottleneck", "bottleneck")
 
@@ -177,8 +185,14 @@ MIXED_BOTTLENECK = ("se_bottleneck", "eca_bottleneck", "cbam_bottleneck", "bottl
 @pytest.mark.parametrize("blocks", [MIXED_BASIC, MIXED_BOTTLENECK], ids=["basic", "bottleneck"])
 @torch.no_grad()
 def test_script_export_and_optimize_for_inference(blocks):
-    # resnet18's two blocks per stage keep this quick; bottlenecks work in any trunk
-    bb = create_backbone("resnet18", block=blocks, out_indices=(1, 2, 3)).eval()
+    # resnet18's two blocks per stage keep this quick; bottlenecks work in any trunk.
+    # A global-context layer after conv1 in two stages adds a user layer to the variants'.
+    bb = create_backbone(
+        "resnet18",
+        block=blocks,
+        block_layers=[BlockLayer("gc", position="after_conv1", stages=(2, 3))],
+        out_indices=(1, 2, 3),
+    ).eval()
     x = _image()
     expected = bb(x)
 

@@ -2,7 +2,7 @@
 
 The checks that matter run in a fresh interpreter, where nothing has imported
 ``backbones_attention`` yet: listing the registry must import it through the
-``backbones`` entry point and register its blocks and backbones.
+``backbones`` entry point and register its layers, blocks and backbones.
 """
 
 import importlib
@@ -15,8 +15,12 @@ import textwrap
 from dataclasses import replace
 from typing import Any
 
-from backbones import ResNetSpec, list_backbones, list_blocks
+from timm.layers import get_attn
 
+from backbones import BlockLayer, BlockVariant, ResNetSpec, list_backbones, list_blocks, list_layers
+from backbones.blocks import BasicBlock, Bottleneck
+
+LAYER_NAMES = {"se", "eca", "cbam", "gc"}
 BLOCK_NAMES = {
     "se_basic",
     "se_bottleneck",
@@ -55,15 +59,24 @@ DISCOVER = """
     with warnings.catch_warnings(record=True) as caught:  # what went wrong while loading
         warnings.simplefilter("always")
         blocks = {p: backbones.list_blocks(p) for p in ("*se*", "*eca*", "cbam*", "*")}
-    names = backbones.list_backbones()
-    block = backbones.get_block("se_bottleneck")
+    (plugin,) = [p for p in backbones.list_plugins() if p.name == "attention"]
+    variant = backbones.get_block("se_bottleneck")
+    layer = backbones.get_layer("se")
     print(json.dumps({
         "before": before,
         "warnings": [str(w.message) for w in caught if "attention" in str(w.message)],
         "after": "backbones_attention.plugin" in sys.modules,
         "blocks": blocks,
-        "backbones": names,
-        "se_bottleneck": f"{block.__module__}.{block.__qualname__}",
+        "layers": backbones.list_layers(),
+        "backbones": backbones.list_backbones(),
+        "registered": plugin.registered,
+        "conflicts": plugin.conflicts,
+        "se_bottleneck": [
+            type(variant).__name__,
+            f"{variant.base.__module__}.{variant.base.__qualname__}",
+            [[bl.layer, bl.position, bl.name] for bl in variant.layers],
+        ],
+        "se": f"{layer.__module__}.{layer.__qualname__}",
         "channels": backbones.create_backbone("ecaresnet50d").feature_info.channels(),
     }))
 """
@@ -86,12 +99,25 @@ def test_fresh_interpreter_discovers_the_plugin_through_its_entry_point():
     assert {"eca_basic", "eca_bottleneck"} <= set(result["blocks"]["*eca*"])
     assert {"cbam_basic", "cbam_bottleneck"} <= set(result["blocks"]["cbam*"])
     assert BLOCK_NAMES | {"basic", "bottleneck"} <= set(result["blocks"]["*"])
+    assert set(result["layers"]) >= LAYER_NAMES
     assert set(result["backbones"]) >= BACKBONE_NAMES | {"resnet50"}
-    assert result["se_bottleneck"] == "backbones_attention.blocks.SEBottleneck"
+    assert {k: set(v) for k, v in result["registered"].items()} == {
+        "layer": LAYER_NAMES,
+        "block": BLOCK_NAMES,
+        "backbone": BACKBONE_NAMES,
+    }
+    assert result["conflicts"] == []
+    assert result["se_bottleneck"] == [
+        "BlockVariant",
+        "backbones.blocks.Bottleneck",
+        [["se", "after_conv3", "se"]],
+    ]
+    assert result["se"] == "timm.layers.squeeze_excite.SEModule"
     assert result["channels"] == [256, 512, 1024, 2048]
 
 
 def test_registry_lists_the_plugin_in_process():
+    assert set(list_layers()) >= LAYER_NAMES
     assert {"se_basic", "se_bottleneck"} <= set(list_blocks("*se*"))
     assert {"eca_basic", "eca_bottleneck"} <= set(list_blocks("*eca*"))
     assert {"cbam_basic", "cbam_bottleneck"} <= set(list_blocks("cbam*"))
@@ -100,13 +126,20 @@ def test_registry_lists_the_plugin_in_process():
 
 def test_hooks_return_fresh_dicts_and_leave_the_registries_alone():
     plugin = importlib.import_module("backbones_attention.plugin")
-    before = (list_blocks(), list_backbones())
+    before = (list_layers(), list_blocks(), list_backbones())
 
+    layers = plugin.backbones_register_layers()
     blocks = plugin.backbones_register_blocks()
     specs = plugin.backbones_register_backbones()
 
+    assert layers == {name: get_attn(name) for name in LAYER_NAMES}
     assert set(blocks) == BLOCK_NAMES
-    assert all(isinstance(getattr(cls, "expansion", None), int) for cls in blocks.values())
+    for name, variant in blocks.items():
+        attn, kind = name.split("_")
+        base, position = (
+            (BasicBlock, "after_conv2") if kind == "basic" else (Bottleneck, "after_conv3")
+        )
+        assert variant == BlockVariant(base, (BlockLayer(attn, position=position, name="se"),))
     assert set(specs) == BACKBONE_NAMES
     assert all(isinstance(s, ResNetSpec) and s.origin == "timm" for s in specs.values())
     assert all(s.block in BLOCK_NAMES for s in specs.values())
@@ -129,6 +162,8 @@ def test_hooks_return_fresh_dicts_and_leave_the_registries_alone():
         avg_down=True,
         origin="timm",
     )
-    blocks.clear()  # a caller mutating one answer does not change the next
+    layers.clear()  # a caller mutating one answer does not change the next
+    blocks.clear()
+    assert set(plugin.backbones_register_layers()) == LAYER_NAMES
     assert set(plugin.backbones_register_blocks()) == BLOCK_NAMES
-    assert (list_blocks(), list_backbones()) == before
+    assert (list_layers(), list_blocks(), list_backbones()) == before

@@ -1,13 +1,11 @@
 """Numerical parity with timm: timm's weights load strictly and give timm's features.
 
-For each case a timm ``features_only`` model gets random BatchNorm statistics
-(fresh ones are near identity in eval mode and would hide a wrong key mapping),
-its ``state_dict`` loads into our backbone with ``strict=True``, and eval-mode
-fp32 features of a 2x3x64x64 input are compared at an absolute 1e-4, scaled by
-the reference's largest magnitude where that exceeds 1 (random statistics are
-not calibrated to the activations, so deep maps can grow far beyond unit scale).
+For each case :func:`backbones.testing.assert_parity` gives a timm ``features_only``
+model random BatchNorm statistics (fresh ones are near identity in eval mode and
+would hide a wrong key mapping), loads its ``state_dict`` into our backbone with
+``strict=True`` and compares eval-mode fp32 features of a 2x3x64x64 input.
 
-The backbones and blocks come from the installed plugin through the registry
+The backbones, blocks and layers come from the installed plugin through the registry
 (entry-point discovery); this file never imports ``backbones_attention``.
 """
 
@@ -21,11 +19,15 @@ import torch
 from timm.layers import get_attn
 from torch import Tensor, nn
 
-from backbones import create_backbone, get_block
+from backbones import BlockLayer, create_backbone, get_block, get_layer
+from backbones.testing import assert_parity
 
 ALL_LEVELS = (0, 1, 2, 3, 4)
-ATOL = 1e-4
 SIZE = 64
+# Random BatchNorm statistics are not calibrated to the activations, so deep maps
+# grow well beyond unit scale: the tolerance is relative as well as absolute.
+ATOL = 1e-4
+RTOL = 1e-4
 
 # (our backbone, our create_backbone kwargs, timm model name, timm create_model kwargs)
 NAMED = [
@@ -42,12 +44,27 @@ BLOCKS = [
     ("resnet50", {"block": "eca_bottleneck"}, "resnet50", {"block_args": {"attn_layer": "eca"}}),
     ("resnet50", {"block": "cbam_bottleneck"}, "resnet50", {"block_args": {"attn_layer": "cbam"}}),
 ]
-CASES = NAMED + BLOCKS
+# The global-context layer has no block of its own: block_layers puts it where timm does.
+GC = {"block_args": {"attn_layer": "gc"}}
+LAYERS = [
+    (
+        "resnet18",
+        {"block_layers": [BlockLayer("gc", position="after_conv2", name="se")]},
+        "resnet18",
+        GC,
+    ),
+    ("resnet50", {"block_layers": [BlockLayer("gc", name="se")]}, "resnet50", GC),
+]
+CASES = NAMED + BLOCKS + LAYERS
 
 
 def _case_id(case: tuple[str, dict[str, Any], str, dict[str, Any]]) -> str:
     name, options, _, _ = case
-    return f"{name}-{options['block']}" if "block" in options else name
+    if "block" in options:
+        return f"{name}-{options['block']}"
+    if "block_layers" in options:
+        return f"{name}-" + "+".join(str(bl.layer) for bl in options["block_layers"])
+    return name
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -59,66 +76,25 @@ def _one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(before)
 
 
-def _randomize_batchnorms(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Random running mean/var, weight and bias for every BatchNorm (CBAM's 1-channel one too)."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                n = m.num_features
-                m.running_mean.copy_(torch.randn(n, generator=gen) * 0.1)
-                m.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
-                m.weight.copy_(torch.rand(n, generator=gen) + 0.5)
-                m.bias.copy_(torch.randn(n, generator=gen) * 0.1)
-    return model
-
-
 def _image(batch: int = 2, size: int = SIZE, seed: int = 0) -> Tensor:
     return torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(seed))
 
 
 def _timm_features(name: str, **kwargs: Any) -> nn.Module:
     torch.manual_seed(0)
-    model = timm.create_model(name, pretrained=False, features_only=True, **kwargs)
-    return _randomize_batchnorms(model).eval()
-
-
-def _ours_loaded_from(name: str, state_dict: dict[str, Tensor], **options: Any) -> nn.Module:
-    """Our backbone holding ``state_dict``, loaded strictly, in eval mode.
-
-    Built on the meta device (our random init would be overwritten anyway) and
-    loaded with ``assign=True``; strict loading still checks every key and shape,
-    and a tensor the checkpoint failed to provide would stay on meta and fail the forward.
-    """
-    with torch.device("meta"):
-        ours = create_backbone(name, **options)
-    ours.load_state_dict(state_dict, strict=True, assign=True)
-    return ours.eval()
-
-
-def _assert_features_close(got: list[Tensor], expected: list[Tensor]) -> None:
-    assert len(got) == len(expected), f"{len(got)} features vs {len(expected)}"
-    for level, (g, e) in enumerate(zip(got, expected, strict=True)):
-        assert g.shape == e.shape, f"feature {level}: shape {tuple(g.shape)} vs {tuple(e.shape)}"
-        scale = max(1.0, float(e.abs().max()))
-        diff = float((g - e).abs().max())
-        assert diff <= ATOL * scale, f"feature {level}: max |diff| {diff:.3g}, scale {scale:.3g}"
+    return timm.create_model(name, pretrained=False, features_only=True, **kwargs)
 
 
 @pytest.mark.parametrize("case", CASES, ids=_case_id)
-@torch.no_grad()
 def test_weights_features_and_feature_info_equal_timm_features_only(case):
     name, options, timm_name, timm_kwargs = case
     timm_model = _timm_features(timm_name, out_indices=ALL_LEVELS, **timm_kwargs)
-    ours = _ours_loaded_from(name, timm_model.state_dict(), out_indices=ALL_LEVELS, **options)
+    ours = create_backbone(name, out_indices=ALL_LEVELS, **options)
+
+    assert_parity(ours, timm_model, _image(), atol=ATOL, rtol=RTOL)
+
     # strict loading checked names and shapes; the order (state_dict order) is timm's too
     assert list(ours.state_dict()) == list(timm_model.state_dict())
-    x = _image()
-
-    expected = timm_model(x)
-    got = ours(x)
-
-    _assert_features_close(got, expected)
     assert ours.feature_info.get_dicts() == timm_model.feature_info.get_dicts()
     assert ours.feature_info.channels() == timm_model.feature_info.channels()
     assert ours.feature_info.reduction() == timm_model.feature_info.reduction()
@@ -128,35 +104,36 @@ def test_weights_features_and_feature_info_equal_timm_features_only(case):
 @pytest.mark.parametrize(
     ("name", "output_stride"), [("seresnext50_32x4d", 8), ("ecaresnet50d", 16)]
 )
-@torch.no_grad()
 def test_dilated_output_stride_equals_timm(name, output_stride):
     timm_model = _timm_features(name, out_indices=ALL_LEVELS, output_stride=output_stride)
-    ours = _ours_loaded_from(
-        name, timm_model.state_dict(), out_indices=ALL_LEVELS, output_stride=output_stride
-    )
-    x = _image(batch=1)
+    ours = create_backbone(name, out_indices=ALL_LEVELS, output_stride=output_stride)
 
-    _assert_features_close(ours(x), timm_model(x))
+    assert_parity(ours, timm_model, _image(batch=1), atol=ATOL, rtol=RTOL)
+
     assert ours.feature_info.get_dicts() == timm_model.feature_info.get_dicts()
 
 
-@torch.no_grad()
-def test_attn_kwargs_equal_timm_partial_attn_layer():
-    # timm's "seresnet*t"-style SE with a 1/4 reduction, through block_kwargs
+def test_layer_kwargs_equal_timm_partial_attn_layer():
+    # timm's "seresnet*t"-style SE with a 1/4 reduction, through block_layers
     timm_model = _timm_features(
         "resnet50",
         out_indices=(1, 2),
         block_args={"attn_layer": partial(get_attn("se"), rd_ratio=0.25)},
     )
-    ours = _ours_loaded_from(
+    ours = create_backbone(
         "resnet50",
-        timm_model.state_dict(),
         out_indices=(1, 2),
-        block="se_bottleneck",
-        block_kwargs={"attn_kwargs": {"rd_ratio": 0.25}},
+        block_layers=[BlockLayer("se", name="se", kwargs={"rd_ratio": 0.25})],
     )
-    x = _image(batch=1)
-    _assert_features_close(ours(x), timm_model(x))
+    assert ours.layer1[0].se.fc1.out_channels == 64  # 256 * 1/4 (the default 1/16 gives 16)
+
+    assert_parity(ours, timm_model, _image(batch=1), atol=ATOL, rtol=RTOL)
+
+
+@pytest.mark.parametrize("attn_type", ["se", "eca", "cbam", "gc"])
+def test_layer_is_the_class_timm_create_attn_builds(attn_type):
+    # timm's create_attn(attn_type, channels) calls get_attn(attn_type)(channels)
+    assert get_layer(attn_type) is get_attn(attn_type)
 
 
 @pytest.mark.parametrize(
@@ -170,6 +147,6 @@ def test_attn_kwargs_equal_timm_partial_attn_layer():
         ("cbam_bottleneck", "cbam"),
     ],
 )
-def test_attention_module_is_the_one_timm_create_attn_builds(block, attn_type):
-    # timm's create_attn(attn_type, channels) calls get_attn(attn_type)(channels)
-    assert get_block(block).attn_layer is get_attn(attn_type)
+def test_block_uses_the_layer_timm_create_attn_builds(block, attn_type):
+    (layer,) = get_block(block).layers
+    assert (layer.layer, layer.name, dict(layer.kwargs)) == (attn_type, "se", {})

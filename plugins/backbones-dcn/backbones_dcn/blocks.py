@@ -1,28 +1,30 @@
 """A bottleneck whose 3x3 conv is a modulated deformable convolution (DCNv2).
 
 ``DCNv2Bottleneck`` (registry name ``dcnv2_bottleneck``) is ``backbones.blocks.Bottleneck``
-with ``conv2`` replaced by :class:`torchvision.ops.DeformConv2d`. Everything else
-(``conv1``, ``bn1``, ``bn2``, ``conv3``, ``bn3``, ``downsample``, drop path,
-``zero_init_last``) is the plain bottleneck's, under the same names.
+with ``conv2`` built as a :class:`ModulatedDeformConv2d`: it overrides only
+``make_conv2``. Everything else (``conv1``, ``bn1``, ``bn2``, ``conv3``, ``bn3``,
+``downsample``, drop path, insertion points, ``zero_init_last``, the forward) is the
+plain bottleneck's, under the same names.
 
-``conv2`` keeps the plain conv's weight shape ``(width, width // groups, 3, 3)`` and
+``conv2.weight`` keeps the plain conv's shape ``(width, width // groups, 3, 3)`` and
 name, so a plain ResNet checkpoint loads into it. The sampling offsets and the
-modulation mask come from ``conv2_offset``, a plain 3x3 conv over the same input
-with ``conv2``'s stride, padding and dilation, whose weights and bias start at zero.
-An untrained block therefore computes exactly what the plain bottleneck computes.
+modulation mask come from ``conv2.conv_offset`` (mmdet's and mmcv's name), a plain 3x3 conv over
+the same input with ``conv2``'s stride, padding and dilation, whose weights and bias
+start at zero. An untrained block therefore computes exactly what the plain
+bottleneck computes.
 """
 
-from collections.abc import Callable
+from typing import Any, cast
 
 import torch
 import torch.fx
 from torch import Tensor, nn
 from torch.nn import functional as F
-from torchvision.ops import DeformConv2d, deform_conv2d
+from torchvision.ops import deform_conv2d
 
 from backbones.blocks import Bottleneck
 
-__all__ = ["DCNv2Bottleneck", "OffsetConv2d"]
+__all__ = ["DCNv2Bottleneck", "ModulatedDeformConv2d", "OffsetConv2d"]
 
 KERNEL_SIZE = 3
 
@@ -41,9 +43,9 @@ def _modulated_deform_conv(
     padding: tuple[int, int],
     dilation: tuple[int, int],
 ) -> Tensor:
-    # What DeformConv2d.forward computes (without bias), as a function torch.fx treats
-    # as a leaf: fx cannot trace into torchvision's deform_conv2d (it branches on
-    # tensor shapes), and backbones.optimize_for_inference traces the whole backbone.
+    # torchvision's deform_conv2d as a function torch.fx treats as a leaf: fx cannot
+    # trace into it (it branches on tensor shapes), and
+    # backbones.optimize_for_inference traces the whole backbone.
     return deform_conv2d(
         x, offset, weight, stride=stride, padding=padding, dilation=dilation, mask=mask
     )
@@ -86,7 +88,7 @@ class OffsetConv2d(nn.Module):
         self.bias = nn.Parameter(torch.zeros(out_channels))
 
     def reset_parameters(self) -> None:
-        """Zero the weights and bias: no offset and a unit mask (see ``DCNv2Bottleneck``)."""
+        """Zero the weights and bias: no offset and a unit mask (see ``ModulatedDeformConv2d``)."""
         nn.init.zeros_(self.weight)
         nn.init.zeros_(self.bias)
 
@@ -100,29 +102,117 @@ class OffsetConv2d(nn.Module):
         )
 
 
+class ModulatedDeformConv2d(nn.Module):
+    """A 3x3 modulated deformable conv (DCNv2) that predicts its own offsets and mask.
+
+    ``weight`` is the conv's, shaped as a plain ``nn.Conv2d``'s
+    ``(channels, channels // groups, 3, 3)``, without bias. ``conv_offset``, an
+    :class:`OffsetConv2d` over the same input with the same stride, padding and
+    dilation, predicts ``3 * deform_groups * 9`` channels: first
+    ``2 * deform_groups * 9`` offsets in torchvision's layout (per offset group, per
+    kernel tap, ``(dy, dx)`` in input pixels), then ``deform_groups * 9`` mask logits
+    (per offset group, per kernel tap). The mask is ``2 * sigmoid(logits)``; see
+    :meth:`offset_and_mask`.
+
+    Args:
+        channels: input and output channels.
+        stride: stride.
+        dilation: dilation; the padding equals it, which keeps the size at stride 1.
+        groups: groups of the conv (ResNeXt cardinality); the offsets are not grouped.
+        deform_groups: offset groups: the input channels are split into this many
+            groups, each sampled at its own offsets. Must divide ``channels``.
+
+    Raises:
+        TypeError: ``deform_groups`` is not an int.
+        ValueError: ``deform_groups`` is not positive or does not divide ``channels``.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        *,
+        stride: int = 1,
+        dilation: int = 1,
+        groups: int = 1,
+        deform_groups: int = 1,
+    ) -> None:
+        super().__init__()
+        if isinstance(deform_groups, bool) or not isinstance(deform_groups, int):
+            raise TypeError(f"deform_groups must be a positive int, got {deform_groups!r}")
+        if deform_groups < 1 or channels % deform_groups != 0:
+            raise ValueError(
+                f"deform_groups={deform_groups} is not accepted: it must be a positive "
+                f"divisor of the 3x3 conv's {channels} input channels"
+            )
+        taps = KERNEL_SIZE * KERNEL_SIZE
+        self.in_channels = self.out_channels = channels
+        self.kernel_size = _pair(KERNEL_SIZE)
+        self.stride = _pair(stride)
+        self.padding = self.dilation = _pair(dilation)
+        self.groups = groups
+        self.deform_groups = deform_groups
+        self.offset_channels = 2 * deform_groups * taps
+        self.mask_channels = deform_groups * taps
+        self.weight = nn.Parameter(torch.empty(channels, channels // groups, *self.kernel_size))
+        self.register_parameter("bias", None)
+        self.conv_offset = OffsetConv2d(
+            channels,
+            self.offset_channels + self.mask_channels,
+            KERNEL_SIZE,
+            stride=stride,
+            padding=dilation,
+            dilation=dilation,
+        )
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Kaiming-normal weights (fan out), as the trunk gives a plain conv; zero offsets."""
+        # The trunk's init pass only sees nn.Conv2d, which this is not.
+        nn.init.kaiming_normal_(self.weight, mode="fan_out", nonlinearity="relu")
+        self.conv_offset.reset_parameters()
+
+    def offset_and_mask(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """The sampling offsets and modulation mask for the input ``x``.
+
+        The mask is ``2 * sigmoid(logits)``, in (0, 2), not DCNv2's plain
+        ``sigmoid(logits)``. ``conv_offset`` starts at zero, so the logits start at
+        0, and sigmoid(0) = 0.5 would halve every tap: an untrained block would not
+        compute what the plain bottleneck (or the plain checkpoint loaded into it)
+        computes. ``2 * sigmoid`` is exactly 1 at 0 (0.5 and 2 are exact in binary
+        floating point), so zero offsets and a unit mask make this the plain 3x3
+        conv, and fine-tuning starts from the pretrained network's function.
+        The mask can still switch a tap off (towards 0) and may also amplify it (up to 2).
+        """
+        offset, logits = torch.split(
+            self.conv_offset(x), [self.offset_channels, self.mask_channels], dim=1
+        )
+        return offset, 2.0 * torch.sigmoid(logits)
+
+    def forward(self, x: Tensor) -> Tensor:
+        offset, mask = self.offset_and_mask(x)
+        return _modulated_deform_conv(
+            x, offset, mask, self.weight, self.stride, self.padding, self.dilation
+        )
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+            f"stride={self.stride}, padding={self.padding}, dilation={self.dilation}, "
+            f"groups={self.groups}, deform_groups={self.deform_groups}, bias=False"
+        )
+
+
 class DCNv2Bottleneck(Bottleneck):
     """Bottleneck with a modulated deformable 3x3 conv. Registered as ``dcnv2_bottleneck``.
 
-    Follows the backbones block contract: built by the trunk with the arguments below,
-    plus ``deform_groups`` from ``create_backbone(block_kwargs=...)``.
-
-    ``conv2_offset`` predicts ``3 * deform_groups * 9`` channels at ``conv2``'s output
-    resolution: first ``2 * deform_groups * 9`` offsets in torchvision's layout (per
-    offset group, per kernel tap, ``(dy, dx)`` in input pixels), then
-    ``deform_groups * 9`` mask logits (per offset group, per kernel tap). The mask
-    is ``2 * sigmoid(logits)``; see :meth:`offset_and_mask`.
+    Follows the backbones block contract: built by the trunk with
+    :class:`backbones.blocks.Bottleneck`'s arguments (insertion-point ``layers``
+    included), plus ``deform_groups`` from ``create_backbone(block_kwargs=...)``.
+    ``conv2`` is a :class:`ModulatedDeformConv2d`, with its offset/mask predictor
+    at ``conv2.conv_offset``.
 
     Args:
-        inplanes: input channels.
-        planes: base channels; the output has ``planes * expansion``.
-        stride: stride of the 3x3 conv.
-        downsample: the shortcut projection, or ``None`` for identity.
-        groups: groups of the 3x3 conv (ResNeXt cardinality); the offsets are not grouped.
-        base_width: width per group.
-        dilation: the stage's dilation.
-        first_dilation: dilation of the 3x3 conv (default ``dilation``).
-        norm_layer: callable taking a channel count.
-        drop_path: stochastic-depth rate.
+        *args, **kwargs: as :class:`backbones.blocks.Bottleneck`.
         deform_groups: offset groups: the 3x3 conv's input channels are split into
             this many groups, each sampled at its own offsets. Must divide the width.
 
@@ -131,103 +221,21 @@ class DCNv2Bottleneck(Bottleneck):
         ValueError: ``deform_groups`` is not positive or does not divide the width.
     """
 
-    expansion = 4
-
-    def __init__(
-        self,
-        inplanes: int,
-        planes: int,
-        stride: int = 1,
-        downsample: nn.Module | None = None,
-        groups: int = 1,
-        base_width: int = 64,
-        dilation: int = 1,
-        first_dilation: int | None = None,
-        norm_layer: Callable[[int], nn.Module] = nn.BatchNorm2d,
-        drop_path: float = 0.0,
-        deform_groups: int = 1,
-    ) -> None:
-        super().__init__(
-            inplanes,
-            planes,
-            stride=stride,
-            downsample=downsample,
-            groups=groups,
-            base_width=base_width,
-            dilation=dilation,
-            first_dilation=first_dilation,
-            norm_layer=norm_layer,
-            drop_path=drop_path,
-        )
-        if isinstance(deform_groups, bool) or not isinstance(deform_groups, int):
-            raise TypeError(f"deform_groups must be a positive int, got {deform_groups!r}")
-        # The plain bottleneck already sized its layers (ResNeXt and wide widths
-        # included); conv1 feeds the 3x3 conv, so its output is the width.
-        width = self.conv1.out_channels
-        if deform_groups < 1 or width % deform_groups != 0:
-            raise ValueError(
-                f"deform_groups={deform_groups} is not accepted: it must be a positive "
-                f"divisor of the 3x3 conv's {width} input channels"
-            )
-        d = first_dilation or dilation
-        taps = KERNEL_SIZE * KERNEL_SIZE
+    def __init__(self, *args: Any, deform_groups: int = 1, **kwargs: Any) -> None:
+        # Bottleneck.__init__ calls make_conv2, which reads it: set before, as plain data.
         self.deform_groups = deform_groups
-        self.offset_channels = 2 * deform_groups * taps
-        self.mask_channels = deform_groups * taps
+        super().__init__(*args, **kwargs)
 
-        # Same name and weight shape as the plain conv2, so plain checkpoints load.
-        # Replacing the attribute keeps its place in the state_dict order.
-        self.conv2 = DeformConv2d(  # type: ignore[assignment]  # the plain one is an nn.Conv2d
+    def make_conv2(self, width: int, *, stride: int, dilation: int, groups: int) -> nn.Module:
+        """The deformable 3x3 conv, in place of the plain one."""
+        return ModulatedDeformConv2d(
             width,
-            width,
-            KERNEL_SIZE,
             stride=stride,
-            padding=d,
-            dilation=d,
+            dilation=dilation,
             groups=groups,
-            bias=False,
-        )
-        # The trunk's init pass only sees nn.Conv2d; give conv2 the init it gives the
-        # plain conv2 (Kaiming normal, fan_out) instead of DeformConv2d's default.
-        nn.init.kaiming_normal_(self.conv2.weight, mode="fan_out", nonlinearity="relu")
-        self.conv2_offset = OffsetConv2d(
-            width,
-            self.offset_channels + self.mask_channels,
-            KERNEL_SIZE,
-            stride=stride,
-            padding=d,
-            dilation=d,
+            deform_groups=self.deform_groups,
         )
 
     def offset_and_mask(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """The sampling offsets and modulation mask for ``conv2``'s input ``x``.
-
-        The mask is ``2 * sigmoid(logits)``, in (0, 2), not DCNv2's plain
-        ``sigmoid(logits)``. ``conv2_offset`` starts at zero, so the logits start at
-        0, and sigmoid(0) = 0.5 would halve every tap: an untrained block would not
-        compute what the plain bottleneck (or the plain checkpoint loaded into it)
-        computes. ``2 * sigmoid`` is exactly 1 at 0 (0.5 and 2 are exact in binary
-        floating point), so zero offsets and a unit mask make ``conv2`` the plain
-        3x3 conv, and fine-tuning starts from the pretrained network's function.
-        The mask can still switch a tap off (towards 0) and may also amplify it (up to 2).
-        """
-        offset, logits = torch.split(
-            self.conv2_offset(x), [self.offset_channels, self.mask_channels], dim=1
-        )
-        return offset, 2.0 * torch.sigmoid(logits)
-
-    def forward(self, x: Tensor) -> Tensor:
-        shortcut = x
-        x = self.act1(self.bn1(self.conv1(x)))
-        offset, mask = self.offset_and_mask(x)
-        # conv2(x, offset, mask), through a function torch.fx can trace around
-        conv = self.conv2
-        x = _modulated_deform_conv(
-            x, offset, mask, conv.weight, conv.stride, conv.padding, conv.dilation
-        )
-        x = self.act2(self.bn2(x))
-        x = self.drop_path(self.bn3(self.conv3(x)))
-        if self.downsample is not None:
-            shortcut = self.downsample(shortcut)
-        x += shortcut
-        return self.act3(x)
+        """``conv2``'s offsets and mask for its input ``x``; see ``ModulatedDeformConv2d``."""
+        return cast(ModulatedDeformConv2d, self.conv2).offset_and_mask(x)

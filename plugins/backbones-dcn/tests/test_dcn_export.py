@@ -1,10 +1,10 @@
 """DCN backbones compile and optimize: torch.jit.script, torch.export, optimize_for_inference.
 
-Both compilers handle torchvision's DeformConv2d (torchvision registers
+Both compilers handle torchvision's deformable conv (torchvision registers
 ``torchvision::deform_conv2d`` with a fake kernel for torch.export, and
 ``torchvision.ops.deform_conv2d`` is scriptable), so both are tested; neither is
 skipped. ``optimize_for_inference`` traces with torch.fx, which cannot trace into
-``deform_conv2d``; the block calls it through an ``fx.wrap``-ed function, tested here.
+``deform_conv2d``; ``conv2`` calls it through an ``fx.wrap``-ed function, tested here.
 """
 
 import pytest
@@ -14,14 +14,6 @@ from torch import Tensor, nn
 from backbones import create_backbone, optimize_for_inference
 
 TAPS = 9
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def deforming_backbone(**options) -> nn.Module:
@@ -37,7 +29,7 @@ def deforming_backbone(**options) -> nn.Module:
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if ".conv2_offset." in name:
+            if ".conv2.conv_offset." in name:
                 p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
         for m in model.modules():
             if isinstance(m, nn.BatchNorm2d):

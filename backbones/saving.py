@@ -9,18 +9,20 @@ distributions that provided the backbone and its blocks. :func:`load_backbone` c
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from torch import nn
 
-if TYPE_CHECKING:
-    from backbones.plugin_manager import PluginInfo
-
+from backbones.catalog import BACKBONES, BLOCKS, LAYERS, list_plugins
+from backbones.errors import NameConflictError, UnknownNameError, WeightsError
+from backbones.factory import create_backbone
+from backbones.plugin_manager import PluginInfo, get_plugin_manager
+from backbones.registry import Registry
 from backbones.weights.config import set_attributes
+from backbones.weights.loading import load_state_dict_into
 from backbones.weights.sources import (
     PICKLE_SUFFIXES,
     SAFETENSORS_SUFFIX,
-    WeightsError,
     read_checkpoint,
     write_atomically,
 )
@@ -36,10 +38,7 @@ REQUIRES_KEY = "backbones.requires"
 
 def _provider(kind: str, name: str) -> dict[str, str | None]:
     """Which plugin (and distribution) registered ``name`` (maybe ``"<plugin>:<name>"``)."""
-    from backbones.plugin_manager import list_plugins
-    from backbones.registry import BACKBONES, BLOCKS, NameConflictError, UnknownNameError
-
-    registry = BACKBONES if kind == "backbone" else BLOCKS
+    registry = _REGISTRIES[kind]
     try:
         plugin: str | None = registry.provider(name)
     except (UnknownNameError, NameConflictError):
@@ -56,12 +55,20 @@ def _provider(kind: str, name: str) -> dict[str, str | None]:
     return {"kind": kind, "name": name, "plugin": plugin, "distribution": None, "version": None}
 
 
+_REGISTRIES: dict[str, Registry[Any]] = {"backbone": BACKBONES, "block": BLOCKS, "layer": LAYERS}
+
+
 def _block_names(config: dict[str, Any]) -> list[str]:
     block = config.get("block")
     if block is None:
         return []
     names = [block] if isinstance(block, str) else list(block)
     return sorted(set(names))
+
+
+def _layer_names(config: dict[str, Any]) -> list[str]:
+    layers = config.get("block_layers") or []
+    return sorted({str(bl["layer"]) for bl in layers if isinstance(bl.get("layer"), str)})
 
 
 def save_backbone(model: nn.Module, path: str | os.PathLike[str]) -> Path:
@@ -109,6 +116,7 @@ def save_backbone(model: nn.Module, path: str | os.PathLike[str]) -> Path:
             ) from None
     requires = [_provider("backbone", config["name"])]
     requires += [_provider("block", b) for b in _block_names(config)]
+    requires += [_provider("layer", layer) for layer in _layer_names(config)]
     metadata = {
         FORMAT_KEY: FORMAT_VERSION,
         CONFIG_KEY: json.dumps(config),
@@ -142,11 +150,8 @@ def _check_suffix(target: Path) -> None:
 
 
 def _check_requirements(requires: list[dict[str, Any]], path: Path) -> None:
-    from backbones.registry import BACKBONES, BLOCKS, Registry
-
-    registries: dict[str, Registry[Any]] = {"backbone": BACKBONES, "block": BLOCKS}
     for req in requires:
-        registry = registries.get(str(req.get("kind", "")))
+        registry = _REGISTRIES.get(str(req.get("kind", "")))
         if registry is None or str(req.get("name")) in registry:
             continue
         dist = req.get("distribution")
@@ -169,10 +174,8 @@ def _check_requirements(requires: list[dict[str, Any]], path: Path) -> None:
         raise WeightsError(f"{path}: needs {req['kind']} {req['name']!r}, provided by {where}")
 
 
-def _broken_plugin(plugin: str, distribution: object) -> "PluginInfo | None":
+def _broken_plugin(plugin: str, distribution: object) -> PluginInfo | None:
     """The installed plugin that failed to load and would provide a requirement, if any."""
-    from backbones.plugin_manager import get_plugin_manager
-
     for info in get_plugin_manager().failed():
         if info.name == plugin or (distribution and info.distribution == distribution):
             return info
@@ -221,9 +224,6 @@ def load_backbone(path: str | os.PathLike[str], **overrides: Any) -> nn.Module:
         WeightsLoadError: the tensors do not fit the backbone the options build (an
             override that changes a shape, such as ``in_chans``).
     """
-    from backbones.registry import UnknownNameError, create_backbone
-    from backbones.weights.loading import load_state_dict_into
-
     file = Path(path)
     state, metadata = read_checkpoint(file)
     if metadata.get(FORMAT_KEY) != FORMAT_VERSION or CONFIG_KEY not in metadata:

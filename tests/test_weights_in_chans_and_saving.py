@@ -16,15 +16,13 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from timm.data import create_transform, resolve_data_config
 
-from backbones import UnknownNameError, create_backbone
+from backbones import UnknownNameError, create_backbone, load_backbone, save_backbone
 from backbones.weights import (
     IN_CHANS_STRATEGIES,
     WeightsError,
     WeightsLoadError,
     adapt_first_conv,
-    load_backbone,
     register_in_chans_strategy,
-    save_backbone,
 )
 from backbones.weights import pretrained as pretrained_module
 
@@ -171,7 +169,7 @@ def test_save_and_load_backbone_round_trip(tmp_path: Path, r18_file: Path):
 def test_save_backbone_records_plugin_blocks_and_names_a_missing_plugin(tmp_path: Path):
     bb = create_backbone("resnet18", block="se_basic", out_indices=(1,))
     path = save_backbone(bb, tmp_path / "se.safetensors")
-    code = f"from backbones.weights import load_backbone\nload_backbone({str(path)!r})\n"
+    code = f"from backbones import load_backbone\nload_backbone({str(path)!r})\n"
     env = {**os.environ, "BACKBONES_DISABLE_PLUGIN_AUTOLOAD": "1"}
     result = subprocess.run(
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120

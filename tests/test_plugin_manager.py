@@ -138,7 +138,10 @@ class ShadowBlock(nn.Module):
     def __init__(self, inplanes, planes, stride=1, downsample=None, groups=1, base_width=64,
                  dilation=1, first_dilation=None, norm_layer=nn.BatchNorm2d, drop_path=0.0):
         super().__init__()
-        self.conv = nn.Conv2d(inplanes, planes, 3, stride, padding=1, bias=False)
+        self.conv = nn.Conv2d(inplanes, planes * self.expansion, 3, stride, padding=1, bias=False)
+
+    def forward(self, x):
+        return self.conv(x)
 
 
 class ShadowBottleneck(ShadowBlock):
@@ -487,14 +490,15 @@ def test_variants_keep_their_providers_blocks_when_a_plugin_reuses_the_names(
         out["r18_block"] = type(r18.layer1[0]).__module__ + "." + type(r18.layer1[0]).__name__
         out["r18_shapes"] = [list(f.shape) for f in r18(torch.randn(1, 3, 64, 64))]
         se = backbones.create_backbone("seresnet50", out_indices=(1,))
-        out["se_block"] = type(se.layer1[0]).__module__
+        out["se_block"] = type(se.layer1[0]).__name__, type(se.layer1[0].se).__name__
         shadow = backbones.create_backbone("shadow_resnet", out_indices=(1,))
         out["shadow_block"] = type(shadow.layer1[0]).__name__
         """,
     )
     assert out["r18_block"] == "backbones.blocks.BasicBlock"
     assert out["r18_shapes"] == [[1, 64, 16, 16], [1, 128, 8, 8], [1, 256, 4, 4], [1, 512, 2, 2]]
-    assert out["se_block"] == "backbones_attention.blocks"
+    # the attention plugin's variant: the bottleneck with timm's SE layer, not the shadow block
+    assert out["se_block"] == ["Bottleneck", "SEModule"]
     assert out["shadow_block"] == "ShadowBlock"  # the shadow plugin's own variant: its block
 
 
@@ -513,7 +517,8 @@ def test_a_contested_block_name_is_picked_with_its_plugin_name(site_with_shadow:
             "resnet18", block="shadow:basic").layer1[0]).__name__
         out["listed"] = backbones.list_blocks("basic")
         out["se_listed"] = backbones.list_blocks("se_bottleneck")
-        out["get"] = backbones.get_block("attention:se_bottleneck").__name__
+        variant = backbones.get_block("attention:se_bottleneck")
+        out["get"] = variant.base.__name__, [layer.layer for layer in variant.layers]
         try:
             backbones.get_block("nobody:basic")
         except backbones.UnknownNameError as err:
@@ -529,7 +534,7 @@ def test_a_contested_block_name_is_picked_with_its_plugin_name(site_with_shadow:
     assert out["shadow"] == "ShadowBlock"
     assert out["listed"] == ["builtin:basic", "shadow:basic"]
     assert out["se_listed"] == ["attention:se_bottleneck", "shadow:se_bottleneck"]
-    assert out["get"] == "SEBottleneck"
+    assert out["get"] == ["Bottleneck", ["se"]]
     assert out["unknown_provider"].startswith("unknown block 'nobody:basic'")
     assert out["unknown_provider"].endswith(
         "No plugin 'nobody' provides 'basic'; it is provided as 'builtin:basic', 'shadow:basic'"
@@ -608,7 +613,7 @@ def test_load_backbone_says_the_needed_distribution_is_installed_but_broken(
         from safetensors.torch import load_file, save_file
         from safetensors import safe_open
         import backbones
-        from backbones.weights import save_backbone, load_backbone
+        from backbones import save_backbone, load_backbone
         path = {str(path)!r}
         save_backbone(backbones.create_backbone("resnet18", out_indices=(1,)), path)
         with safe_open(path, framework="pt") as f:

@@ -24,8 +24,10 @@ from backbones import (
     register_block,
 )
 from backbones.blocks import BasicBlock, Bottleneck
+from backbones.catalog import BACKBONES, BLOCKS
 from backbones.features import FeatureInfo, FeatureLevel
-from backbones.registry import BACKBONES, BLOCKS, Registry
+from backbones.options import BUILD, option_names
+from backbones.registry import Registry
 
 BUILTIN_BACKBONES = [
     "resnet101",
@@ -44,19 +46,7 @@ BUILTIN_BACKBONES = [
 BUILTIN_SOURCE = "backbones (built-in)"
 
 
-ALL_OPTIONS = {
-    "out_indices",
-    "in_chans",
-    "output_stride",
-    "frozen_stages",
-    "norm_eval",
-    "norm_layer",
-    "drop_path_rate",
-    "zero_init_last",
-    "block",
-    "block_kwargs",
-    "return_dict",
-}
+ALL_OPTIONS = set(option_names(BUILD))  # a factory taking **kwargs gets every build option
 
 
 def unique(prefix: str) -> str:
@@ -172,6 +162,7 @@ def test_register_backbone_factory_receives_every_option_as_keyword():
         "zero_init_last": False,
         "block": None,
         "block_kwargs": None,
+        "block_layers": (),
         "return_dict": True,
     }
     out = model.eval()(torch.randn(1, 3, 64, 64))
@@ -179,9 +170,14 @@ def test_register_backbone_factory_receives_every_option_as_keyword():
     assert [t.shape[1] for t in out.values()] == [128, 256]
 
 
+class _Tiny(nn.Module):
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return [x]
+
+
 def tiny_backbone() -> nn.Module:
-    """The smallest object create_backbone accepts from a factory: a module with feature_info."""
-    module = nn.Identity()
+    """The smallest backbone create_backbone accepts from a factory: its input, at stride 1."""
+    module = _Tiny()
     module.feature_info = FeatureInfo([FeatureLevel(0, 3, 1, "")], (0,))
     return module
 
