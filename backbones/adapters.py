@@ -18,6 +18,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
+from backbones.contract import feature_info_of
 from backbones.features import FeatureInfo
 
 __all__ = [
@@ -58,13 +59,7 @@ class ScriptedBackboneOutput(NamedTuple):
 
 
 def _feature_info(backbone: nn.Module) -> FeatureInfo:
-    info = getattr(backbone, "feature_info", None)
-    if not isinstance(info, FeatureInfo):
-        raise TypeError(
-            f"expected a backbone with feature_info (from create_backbone), "
-            f"got {type(backbone).__name__}"
-        )
-    return info
+    return feature_info_of(backbone, "the adapter")
 
 
 def _as_list(features: list[Tensor] | dict[str, Tensor]) -> list[Tensor]:

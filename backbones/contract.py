@@ -28,7 +28,13 @@ from backbones.features import FeatureInfo
 from backbones.options import BUILD, BackboneOptions, option_names
 from backbones.weights.config import PretrainedCfg
 
-__all__ = ["BackboneEntry", "check_backbone", "factory_entry", "source_of"]
+__all__ = [
+    "BackboneEntry",
+    "check_backbone",
+    "factory_entry",
+    "feature_info_of",
+    "source_of",
+]
 
 BackboneBuild = Callable[[BackboneOptions], nn.Module]
 """Builds a backbone from validated options."""
@@ -118,6 +124,26 @@ def factory_entry(
 
 
 # -- the checked contract ----------------------------------------------------------------
+def feature_info_of(backbone: object, needed_by: str) -> FeatureInfo:
+    """``backbone.feature_info``, for code that takes an already built backbone.
+
+    The one "is this a backbone?" test for consumers (create_model, the adapters,
+    optimize_for_inference); the full check, forward included, runs where a factory
+    returns (:func:`check_backbone`).
+
+    Raises:
+        TypeError: not an ``nn.Module`` with a ``FeatureInfo``; the message names
+            ``needed_by`` and what was given.
+    """
+    info = getattr(backbone, "feature_info", None)
+    if isinstance(backbone, nn.Module) and isinstance(info, FeatureInfo):
+        return info
+    raise TypeError(
+        f"{needed_by} needs a backbone: an nn.Module whose feature_info is a FeatureInfo "
+        f"(what create_backbone returns), got {type(backbone).__name__}"
+    )
+
+
 def check_backbone(
     name: str, entry: BackboneEntry, model: object, options: BackboneOptions
 ) -> None:

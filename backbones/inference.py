@@ -11,6 +11,8 @@ import torch
 from torch import nn
 from torch.fx.experimental.optimization import fuse
 
+from backbones.contract import feature_info_of
+
 __all__ = ["optimize_for_inference"]
 
 
@@ -40,11 +42,7 @@ def optimize_for_inference(model: nn.Module, *, channels_last: bool = True) -> n
         >>> with torch.inference_mode():  # doctest: +SKIP
         ...     feats = fast(images)
     """
-    feature_info = getattr(model, "feature_info", None)
-    if feature_info is None:
-        raise TypeError(
-            f"optimize_for_inference needs a backbone with feature_info, got {type(model).__name__}"
-        )
+    feature_info = feature_info_of(model, "optimize_for_inference")
     try:
         fused = fuse(copy.deepcopy(model).eval(), inplace=True)
     except Exception as err:  # torch.fx cannot trace some third-party modules
@@ -55,5 +53,5 @@ def optimize_for_inference(model: nn.Module, *, channels_last: bool = True) -> n
         ) from err
     if channels_last:
         fused = fused.to(memory_format=torch.channels_last)
-    fused.feature_info = feature_info
+    fused.feature_info = feature_info  # type: ignore[assignment]  # nn.Module attribute
     return fused.eval()

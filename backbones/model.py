@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from backbones.contract import feature_info_of
 from backbones.factory import create_backbone, create_head
 
 __all__ = ["BackboneWithHead", "create_model"]
@@ -199,17 +200,12 @@ def create_model(
         )
     if isinstance(backbone, str):
         backbone = create_backbone(backbone, **(backbone_kwargs or {}))
-    elif not isinstance(backbone, nn.Module) or not hasattr(backbone, "feature_info"):
-        raise TypeError(
-            f"backbone must be a registered name or a module with feature_info, "
-            f"got {type(backbone).__name__}"
-        )
     elif backbone_kwargs:
         raise TypeError(
             "backbone_kwargs apply only when backbone is a name; this backbone is already built"
         )
+    feature_info = feature_info_of(backbone, "create_model's backbone=")
     if isinstance(head, str):
-        feature_info = getattr(backbone, "feature_info")  # noqa: B009  # checked above
         head = create_head(head, feature_info=feature_info, **head_kwargs)
     elif not isinstance(head, nn.Module):
         raise TypeError(f"head must be a registered name or a module, got {type(head).__name__}")

@@ -51,7 +51,10 @@ def test_mmdet_adapter_returns_a_tuple_in_network_order():
 
 @pytest.mark.parametrize("adapter", [as_detectron2, as_transformers, as_mmdet])
 def test_adapters_refuse_a_module_without_feature_info(adapter):
-    with pytest.raises(TypeError, match="expected a backbone with feature_info"):
+    with pytest.raises(
+        TypeError,
+        match=r"the adapter needs a backbone: an nn.Module whose feature_info is a FeatureInfo",
+    ):
         adapter(nn.Conv2d(3, 8, 1))
 
 
