@@ -187,3 +187,37 @@ def test_every_public_name_resolves_and_unknown_ones_raise_attribute_error():
         assert getattr(backbones, name) is not None
     with pytest.raises(AttributeError, match="has no attribute 'create_backbones'"):
         backbones.create_backbones  # noqa: B018
+
+
+# The layers ARCHITECTURE.md draws, bottom (0) to top: a module imports only from its
+# own layer or below.
+LAYER_OF = {
+    "backbones.errors": 0, "backbones.features": 0, "backbones._checks": 0,
+    "backbones.registry": 1, "backbones.layers": 1, "backbones.norm": 1,
+    "backbones.hookspecs": 1, "backbones._spellings": 1,
+    "backbones.blocks": 2, "backbones.variants": 2, "backbones.weights": 2,
+    "backbones.weights.sources": 2, "backbones.weights.formats": 2,
+    "backbones.weights.in_chans": 2, "backbones.weights.loading": 2,
+    "backbones.weights.config": 2, "backbones.weights.convert": 2,
+    "backbones.options": 3,
+    "backbones.resnet": 4, "backbones.contract": 4, "backbones.heads": 4,
+    "backbones.heads.classification": 4, "backbones.heads.fpn": 4,
+    "backbones.heads.segmentation": 4,
+    "backbones.catalog": 5, "backbones.plugin_manager": 5, "backbones._builtins": 5,
+    "backbones.factory": 6, "backbones.weights.pretrained": 6,
+    "backbones.model": 7, "backbones.saving": 7, "backbones.inference": 7,
+    "backbones.adapters": 7,
+    "backbones": 8, "backbones.cli": 8, "backbones.bench": 8, "backbones.testing": 8,
+    "backbones.__main__": 8,
+}  # fmt: skip
+
+
+def test_every_module_has_a_layer_and_imports_only_from_its_layer_or_below():
+    assert set(LAYER_OF) == set(MODULES)
+    upward = [
+        f"{name} (layer {LAYER_OF[name]}) imports {dep} (layer {LAYER_OF[dep]})"
+        for name, deps in _graph().items()
+        for dep in deps
+        if LAYER_OF[dep] > LAYER_OF[name]
+    ]
+    assert upward == []
