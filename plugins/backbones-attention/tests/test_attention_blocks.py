@@ -5,7 +5,6 @@ after its last norm; these tests build them through the registry, as users do.
 """
 
 import math
-from collections.abc import Iterator
 from functools import partial
 
 import pytest
@@ -31,14 +30,6 @@ SIZE = 64
 BASIC = {"se_basic": SEModule, "eca_basic": EcaModule, "cbam_basic": CbamModule}
 BOTTLENECK = {"se_bottleneck": SEModule, "eca_bottleneck": EcaModule, "cbam_bottleneck": CbamModule}
 ATTENTION = {**BASIC, **BOTTLENECK}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _image(batch: int = 1, size: int = SIZE, seed: int = 0) -> Tensor:

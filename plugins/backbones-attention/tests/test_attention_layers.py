@@ -6,8 +6,6 @@ numeric checks compose a block's own modules by hand in the documented order
 (random BatchNorm statistics, eval mode), so a layer at the wrong place shows.
 """
 
-from collections.abc import Iterator
-
 import pytest
 import timm
 import torch
@@ -18,14 +16,6 @@ from backbones import BlockLayer, UnknownNameError, create_backbone
 from backbones.testing import assert_features_close, randomize_batchnorm_stats
 
 STAGE_CHANNELS = {"layer1": 256, "layer2": 512, "layer3": 1024, "layer4": 2048}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _input(channels: int, size: int = 8, seed: int = 0) -> Tensor:

@@ -9,7 +9,6 @@ The backbones, blocks and layers come from the installed plugin through the regi
 (entry-point discovery); this file never imports ``backbones_attention``.
 """
 
-from collections.abc import Iterator
 from functools import partial
 from typing import Any
 
@@ -65,15 +64,6 @@ def _case_id(case: tuple[str, dict[str, Any], str, dict[str, Any]]) -> str:
     if "block_layers" in options:
         return f"{name}-" + "+".join(str(bl.layer) for bl in options["block_layers"])
     return name
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread() -> Iterator[None]:
-    # Inputs are tiny: one intra-op thread is as fast and leaves cores to parallel runners.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _image(batch: int = 2, size: int = SIZE, seed: int = 0) -> Tensor:
