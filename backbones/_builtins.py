@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 from torch import nn
 
-from backbones.blocks import BasicBlock, Bottleneck
+from backbones.blocks import BUILTIN_BLOCKS
 from backbones.heads import (
     classification_head,
     deeplabv3_head,
@@ -24,7 +24,7 @@ from backbones.variants import RESNET_VARIANTS, ResNetSpec
 
 @hookimpl
 def backbones_register_blocks() -> dict[str, type[nn.Module]]:
-    return {"basic": BasicBlock, "bottleneck": Bottleneck}
+    return dict(BUILTIN_BLOCKS)
 
 
 @hookimpl

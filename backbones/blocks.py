@@ -47,7 +47,14 @@ from torch import Tensor, nn
 from backbones.layers import LAST, InsertedLayer
 from backbones.norm import NormLayer
 
-__all__ = ["BasicBlock", "BlockArgs", "Bottleneck", "ResidualBlock", "drop_path_module"]
+__all__ = [
+    "BUILTIN_BLOCKS",
+    "BasicBlock",
+    "BlockArgs",
+    "Bottleneck",
+    "ResidualBlock",
+    "drop_path_module",
+]
 
 # The names the built-in blocks give their own modules (torchvision's and timm's).
 # A layer may not take one, even in a block without it: an early layer named
@@ -382,3 +389,8 @@ class Bottleneck(ResidualBlock):
     def zero_init_last(self) -> None:
         """Zero the last norm's gamma so the block starts as its shortcut."""
         _zero_gamma(self.bn3)
+
+
+BUILTIN_BLOCKS: dict[str, type[ResidualBlock]] = {"basic": BasicBlock, "bottleneck": Bottleneck}
+"""The library's own blocks by registry name: what the built-in plugin registers, and
+what a ResNet built without the registry can use."""

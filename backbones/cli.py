@@ -186,12 +186,11 @@ def _add_option_flags(parser: argparse.ArgumentParser) -> None:
     for spec in option_specs(BUILD):
         if not spec.cli:
             continue
-        default = f'"{spec.default}"' if isinstance(spec.default, str) else spec.default
         parser.add_argument(
             f"--{spec.name.replace('_', '-')}",
             dest=spec.name,
             default=None,
-            help=f"{spec.doc.replace('%', '%%').replace('`', '')} (default: {default})",
+            help=f"{spec.doc.replace('%', '%%').replace('`', '')} (default: {spec.default_text})",
             **_flag_type(spec.cli),
         )
 

@@ -26,6 +26,8 @@ from backbones.weights.pretrained import apply_pretrained
 
 __all__ = ["create_backbone", "create_head"]
 
+_OPTION_NAMES = frozenset(option_names())
+
 
 def create_backbone(name: str, **options: Any) -> nn.Module:
     """Build a registered backbone as a multi-scale feature extractor.
@@ -82,9 +84,6 @@ def create_backbone(name: str, **options: Any) -> nn.Module:
     return model
 
 
-_OPTION_NAMES = frozenset(option_names())
-
-
 def _check_supported(entry: BackboneEntry, options: BackboneOptions) -> None:
     """Refuse a build option set to anything but its default that the family ignores."""
     for option, value in options.changed(BUILD).items():
@@ -95,8 +94,9 @@ def _check_supported(entry: BackboneEntry, options: BackboneOptions) -> None:
 def _options_doc() -> str:
     lines = []
     for spec in option_specs():
-        default = f'"{spec.default}"' if isinstance(spec.default, str) else repr(spec.default)
-        lines.append(f"            - ``{spec.name}={default}``: {spec.doc.replace('`', '``')}")
+        lines.append(
+            f"            - ``{spec.name}={spec.default_text}``: {spec.doc.replace('`', '``')}"
+        )
     return "\n".join(lines)
 
 

@@ -16,7 +16,7 @@ This module checks values; it builds nothing and looks up no registry.
 """
 
 import os
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
@@ -65,6 +65,11 @@ class OptionSpec:
     scope: str
     cli: str
 
+    @property
+    def default_text(self) -> str:
+        """The default as the docs write it: ``"batchnorm"``, ``(1, 2, 3, 4)``, ``None``."""
+        return f'"{self.default}"' if isinstance(self.default, str) else repr(self.default)
+
 
 def _option(
     default: Any, doc: str, check: Callable[[str, Any], Any], *, scope: str = BUILD, cli: str = ""
@@ -75,10 +80,6 @@ def _option(
 # -- checks, one per option: each returns the value to keep, or raises naming the option ---
 def _out_indices(name: str, value: Any) -> tuple[int, ...]:
     return check_out_indices(value)
-
-
-def _positive_int(name: str, value: Any) -> int:
-    return check_int(name, value)
 
 
 def _output_stride(name: str, value: Any) -> int:
@@ -95,10 +96,6 @@ def _frozen_stages(name: str, value: Any) -> int:
     if not is_int(value):
         raise TypeError(f"{name} must be an int, got {value!r}")
     return value
-
-
-def _bool(name: str, value: Any) -> bool:
-    return check_bool(name, value)
 
 
 def _norm_layer(name: str, value: Any) -> str | NormLayer:
@@ -235,7 +232,7 @@ class BackboneOptions:
         _out_indices,
         cli="ints",
     )
-    in_chans: int = _option(3, "input channels, any positive int", _positive_int, cli="int")
+    in_chans: int = _option(3, "input channels, any positive int", check_int, cli="int")
     output_stride: int = _option(
         32,
         "8, 16 or 32: later stages dilate instead of striding (torchvision's "
@@ -247,7 +244,7 @@ class BackboneOptions:
         -1, "-1 nothing, 0 the stem, k the stem and layer1..layer k", _frozen_stages, cli="int"
     )
     norm_eval: bool = _option(
-        False, "keep every BatchNorm in eval mode while training (as mmdet)", _bool, cli="bool"
+        False, "keep every BatchNorm in eval mode while training (as mmdet)", check_bool, cli="bool"
     )
     norm_layer: str | NormLayer = _option(
         "batchnorm",
@@ -265,7 +262,7 @@ class BackboneOptions:
     zero_init_last: bool = _option(
         False,
         "zero gamma in each block's last norm, so each block starts as its shortcut",
-        _bool,
+        check_bool,
         cli="bool",
     )
     block: str | tuple[str, ...] | None = _option(
@@ -287,7 +284,7 @@ class BackboneOptions:
         cli="strs",
     )
     return_dict: bool = _option(
-        False, "return `{module_name: tensor}` instead of a list", _bool, cli="bool"
+        False, "return `{module_name: tensor}` instead of a list", check_bool, cli="bool"
     )
     pretrained: Pretrained = _option(
         False,
@@ -349,8 +346,12 @@ class BackboneOptions:
             )
         if not isinstance(self.in_chans_strategy, str):
             check_channel_map(list(self.in_chans_strategy), self.in_chans)
-        # Before any download: a typo or a wrong type fails at once.
-        check_cfg_overlay(overlay or {}, in_chans=self.in_chans)
+        # Before any download: a typo or a wrong type fails at once. Kept normalised
+        # (lists as tuples), so loading the weights reads it as it is.
+        if overlay is not None:
+            object.__setattr__(
+                self, "pretrained_cfg_overlay", check_cfg_overlay(overlay, in_chans=self.in_chans)
+            )
 
     def changed(self, scope: str | None = None) -> dict[str, Any]:
         """The options that differ from their defaults (of one scope, if given)."""
@@ -413,12 +414,5 @@ def options_table_markdown(scope: str = BUILD) -> str:
     """The README's option table, made from the table (a test compares the two)."""
     lines = ["| option | default | what it does |", "| --- | --- | --- |"]
     for s in option_specs(scope):
-        default = f'"{s.default}"' if isinstance(s.default, str) else repr(s.default)
-        lines.append(f"| `{s.name}` | `{default}` | {s.doc} |")
+        lines.append(f"| `{s.name}` | `{s.default_text}` | {s.doc} |")
     return "\n".join(lines)
-
-
-def iter_docs() -> Iterator[tuple[str, str]]:
-    """``(name, doc)`` for every option, in table order: the docstring of create_backbone."""
-    for s in option_specs():
-        yield s.name, s.doc

@@ -61,7 +61,6 @@ _HOOKS = {
     "backbones_register_heads": "head",
     "backbones_register_backbones": "backbone",
 }
-KINDS = tuple(_HOOKS.values())
 
 
 @dataclass

@@ -17,7 +17,7 @@ from typing import Any
 import torch.fx
 from torch import Tensor, nn
 
-from backbones.blocks import BasicBlock, Bottleneck
+from backbones.blocks import BUILTIN_BLOCKS
 from backbones.contract import BackboneEntry
 from backbones.errors import UnknownNameError
 from backbones.features import FeatureInfo, FeatureLevel
@@ -28,7 +28,6 @@ from backbones.registry import BUILTIN_PROVIDER, Registry
 from backbones.variants import ResNetSpec
 
 __all__ = [
-    "BUILTIN_BLOCKS",
     "FAMILY",
     "ResNet",
     "ResNetDict",
@@ -37,9 +36,6 @@ __all__ = [
     "resolve_block_layer",
     "resolve_stage_blocks",
 ]
-
-BUILTIN_BLOCKS: dict[str, type[nn.Module]] = {"basic": BasicBlock, "bottleneck": Bottleneck}
-"""The library's own blocks, by name: what a ResNet built without the registry can use."""
 
 FAMILY = "resnet"
 SUPPORTS = frozenset(option_names(BUILD))

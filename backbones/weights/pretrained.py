@@ -17,7 +17,7 @@ from torch import nn
 
 from backbones.catalog import BACKBONES
 from backbones.options import BackboneOptions
-from backbones.weights.config import PretrainedCfg, check_cfg_overlay, set_attributes
+from backbones.weights.config import PretrainedCfg, set_attributes
 from backbones.weights.loading import first_conv_name, load_pretrained
 from backbones.weights.sources import (
     PICKLE_SUFFIXES,
@@ -123,7 +123,7 @@ def apply_pretrained(
     pretrained = options.pretrained
     in_chans, in_chans_strategy = options.in_chans, options.in_chans_strategy
     sha256 = options.pretrained_sha256
-    overlay = check_cfg_overlay(options.pretrained_cfg_overlay or {}, in_chans=in_chans)
+    overlay = options.pretrained_cfg_overlay or {}  # checked and normalised already
     chosen = _pick(name, weights, pretrained) if pretrained else None
     cfg = chosen or (weights[0] if weights else PretrainedCfg(tag="", license=""))
     if pretrained and chosen is None:  # a file, URL or hub id: keep the variant's pre-processing
