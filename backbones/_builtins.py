@@ -19,7 +19,9 @@ from backbones.heads import (
     upernet_head,
 )
 from backbones.hookspecs import hookimpl
+from backbones.namespace import Namespace
 from backbones.variants import RESNET_VARIANTS, ResNetSpec
+from backbones.zoo.timm_models import TIMM
 
 
 @hookimpl
@@ -47,3 +49,8 @@ def backbones_register_heads() -> dict[str, Callable[..., nn.Module]]:
 @hookimpl
 def backbones_register_backbones() -> dict[str, ResNetSpec]:
     return dict(RESNET_VARIANTS)
+
+
+@hookimpl
+def backbones_register_namespaces() -> dict[str, Namespace]:
+    return {"timm": TIMM}

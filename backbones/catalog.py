@@ -8,15 +8,18 @@ once for all four; every thread waits for it. ``register_*`` adds entries in-pro
 This module names and finds things; :mod:`backbones.factory` builds them.
 """
 
+import fnmatch
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 from torch import nn
 
 from backbones.contract import BackboneEntry, factory_entry, source_of
+from backbones.errors import NameConflictError, UnknownNameError
 from backbones.layers import BlockVariant, LayerFactory, check_block_entry
+from backbones.namespace import SEPARATOR, Namespace
 from backbones.plugin_manager import PluginInfo, failed_plugins_note, get_plugin_manager
-from backbones.registry import LoadOnce, Registry
+from backbones.registry import QUALIFIER, LoadOnce, Registry
 from backbones.weights.config import PretrainedCfg
 
 __all__ = [
@@ -24,14 +27,17 @@ __all__ = [
     "BLOCKS",
     "HEADS",
     "LAYERS",
+    "NAMESPACES",
     "BackboneFactory",
     "HeadFactory",
+    "backbone_entry",
     "get_block",
     "get_layer",
     "list_backbones",
     "list_blocks",
     "list_heads",
     "list_layers",
+    "list_namespaces",
     "list_plugins",
     "register_backbone",
     "register_block",
@@ -49,7 +55,13 @@ HeadFactory = Callable[..., nn.Module]
 
 def _discover() -> None:
     get_plugin_manager().load(
-        {"layer": LAYERS, "block": BLOCKS, "head": HEADS, "backbone": BACKBONES}
+        {
+            "layer": LAYERS,
+            "block": BLOCKS,
+            "head": HEADS,
+            "backbone": BACKBONES,
+            "namespace": NAMESPACES,
+        }
     )
 
 
@@ -62,6 +74,36 @@ BLOCKS: Registry[type[nn.Module] | BlockVariant] = Registry(
 )
 LAYERS: Registry[LayerFactory] = Registry("layer", _DISCOVERY, note=failed_plugins_note)
 HEADS: Registry[HeadFactory] = Registry("head", _DISCOVERY, note=failed_plugins_note)
+NAMESPACES: Registry[Namespace] = Registry("namespace", _DISCOVERY, note=failed_plugins_note)
+
+
+def backbone_entry(name: str) -> BackboneEntry:
+    """The entry ``name`` refers to: a registered backbone, or ``"<namespace>/<model>"``.
+
+    A name whose part before ``"/"`` is a namespace is resolved by that namespace
+    (imported on first use); any other name is looked up among registered backbones.
+
+    Raises:
+        UnknownNameError: no such backbone (or model of the namespace); the message
+            suggests close matches.
+        NameConflictError: several plugins registered the name (or the namespace).
+        ValueError: the namespace knows the model but it cannot return features.
+    """
+    prefix, sep, model = name.partition(SEPARATOR) if isinstance(name, str) else ("", "", "")
+    if sep and prefix in NAMESPACES.names() and name not in BACKBONES.names():
+        return NAMESPACES.get(prefix).resolve(model)
+    try:
+        return BACKBONES.get(name)
+    except UnknownNameError as err:
+        if not sep or err.note:
+            raise
+        known = ", ".join(f"{n}{SEPARATOR}" for n in NAMESPACES.names()) or "(none)"
+        raise UnknownNameError(
+            "backbone",
+            name,
+            err.available,
+            f"{prefix!r} is not a namespace; namespaces: {known}",
+        ) from None
 
 
 def register_backbone(
@@ -235,13 +277,35 @@ def get_layer(name: str) -> LayerFactory:
 
 
 def list_backbones(pattern: str = "*") -> list[str]:
-    """Sorted names of registered backbones matching an fnmatch ``pattern``.
+    """Sorted names of backbones matching an fnmatch ``pattern``.
+
+    A pattern with ``"/"`` enumerates the namespaces its first part matches, without
+    building anything (``"timm/convnext*"``); other patterns list registered backbones
+    only, as ``list_namespaces()`` names the zoos.
 
     Example:
         >>> list_backbones("resnet1*")
         ['resnet101', 'resnet101d', 'resnet152', 'resnet18']
     """
-    return BACKBONES.names(pattern)
+    names = BACKBONES.names(pattern)
+    prefix_pattern, sep, rest = pattern.partition(SEPARATOR)
+    if sep:
+        for prefix in NAMESPACES.names(prefix_pattern):
+            names += _namespace_names(prefix, rest)
+    return sorted(set(names))
+
+
+def _namespace_names(prefix: str, pattern: str) -> list[str]:
+    try:
+        namespace = NAMESPACES.get(prefix)
+    except NameConflictError:
+        return []
+    return [f"{prefix}{SEPARATOR}{n}" for n in fnmatch.filter(namespace.names(), pattern)]
+
+
+def list_namespaces() -> dict[str, str]:
+    """The namespaces (``"timm"``, ``"tv"``, a plugin's) and their one-line docs."""
+    return {name: NAMESPACES.get(name).doc for name in NAMESPACES.names() if QUALIFIER not in name}
 
 
 def list_blocks(pattern: str = "*") -> list[str]:
@@ -281,5 +345,9 @@ def list_plugins() -> list[PluginInfo]:
 
 
 def families_supporting(option: str) -> list[str]:
-    """The names of the registered families that honour build option ``option``."""
-    return sorted({e.obj.family for _, e in BACKBONES.entries() if option in e.obj.supports})
+    """The names of the families that honour build option ``option``: registered ones,
+    then those the namespaces name."""
+    families = sorted({e.obj.family for _, e in BACKBONES.entries() if option in e.obj.supports})
+    for _, entry in NAMESPACES.entries():
+        families += [f for f in entry.obj.families_supporting(option) if f not in families]
+    return families

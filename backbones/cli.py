@@ -20,7 +20,7 @@ import contextlib
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any, NoReturn, cast
+from typing import Any, NoReturn
 
 from backbones.bench import benchmark
 from backbones.catalog import (
@@ -35,7 +35,7 @@ from backbones.catalog import (
     list_plugins,
 )
 from backbones.factory import create_backbone
-from backbones.features import FeatureInfo
+from backbones.info import format_table, level_table
 from backbones.options import BUILD, option_specs
 from backbones.plugin_manager import autoload_disabled
 from backbones.weights.convert import OUTPUT_SUFFIXES, convert_checkpoint
@@ -102,16 +102,26 @@ def _cmd_info(args: argparse.Namespace) -> int:
         value = getattr(args, spec.name, None) if spec.cli else None
         if value is not None:  # one name stands for every stage, as in Python
             options[spec.name] = value[0] if spec.cli == "strs" and len(value) == 1 else value
+    if args.img_size <= 0:  # before building: a bad size should not wait for the model
+        raise ValueError(f"--img-size must be a positive int, got {args.img_size}")
     model = create_backbone(args.name, **options)
-    info = cast(FeatureInfo, model.feature_info)  # checked where the factory returned
-    params = sum(p.numel() for p in model.parameters())
-    print(f"{args.name}: {params / 1e6:.2f} M parameters, input {args.img_size}x{args.img_size}")
-    print(f"  {'level':<6}{'module':<10}{'channels':>9}{'stride':>8}  size")
-    for level, module, chs, red in zip(
-        info.out_indices, info.module_name(), info.channels(), info.reduction(), strict=True
-    ):
-        side = -(-args.img_size // red)  # ceil: every conv and pool pads
-        print(f"  {level:<6}{module:<10}{chs:>9}{red:>8}  {side}x{side}")
+    table = level_table(
+        model, img_size=args.img_size, receptive_field=not args.no_receptive_field
+    )
+    _, chans, height, width = table.input_shape
+    print(
+        f"{args.name}: {table.params / 1e6:.2f} M parameters, input {height}x{width}"
+        f"{'' if chans == 3 else f' ({chans} channels)'}"
+    )
+    print(
+        "  measured at batch 1; params, GFLOPs and act. (MiB of tensors allocated) are "
+        "cumulative up to each level;\n  GFLOPs = FLOPs / 1e9, FLOPs as "
+        "torch.utils.flop_counter counts them (2 per multiply-add);\n  RF: receptive "
+        "field of the map's centre, measured; '>=' where it reaches the image's border"
+    )
+    if args.markdown:
+        print()
+    print(format_table(table, markdown=args.markdown))
     return 0
 
 
@@ -238,14 +248,24 @@ def _parser() -> argparse.ArgumentParser:
 
     p_info = sub.add_parser(
         "info",
-        help="a backbone's feature levels: module, channels, stride, map size",
-        description="Build a backbone with the given options and print each level it "
-        "returns: module, channels, stride and the map size for --img-size. Every build "
-        "option of create_backbone that has a command-line form is a flag.",
+        help="a backbone's feature levels: shape, params, GFLOPs, memory, receptive field",
+        description="Build a backbone with the given options, run it on a --img-size "
+        "image and print each level it returns: module, channels, stride, the measured "
+        "shape, and the parameters, GFLOPs and activation memory up to it, and its "
+        "measured receptive field (rules: the backbones.info module). Every build option "
+        "of create_backbone that has a command-line form is a flag.",
     )
     p_info.add_argument("name", help="a registered backbone, e.g. resnet50")
     p_info.add_argument(
         "--img-size", type=int, default=224, help="input height and width (default: %(default)s)"
+    )
+    p_info.add_argument(
+        "--markdown", action="store_true", help="print a Markdown table (default: aligned text)"
+    )
+    p_info.add_argument(
+        "--no-receptive-field",
+        action="store_true",
+        help="skip the receptive fields (one backward per level) (default: measure them)",
     )
     _add_option_flags(p_info)
     p_info.set_defaults(run=_cmd_info, parser=p_info)

@@ -51,6 +51,9 @@ class BackboneEntry:
             anything but its default raises, naming the families that have it.
         weights: published weights, default first (``pretrained=True``, or a tag).
         source: how messages name the code behind it.
+        loads_weights: the build applies the weights options itself (a zoo whose
+            library has its own checkpoint filters) and sets ``pretrained_cfg``; the
+            pipeline then skips its own loading.
     """
 
     build: BackboneBuild
@@ -58,6 +61,7 @@ class BackboneEntry:
     supports: frozenset[str]
     weights: tuple[PretrainedCfg, ...] = ()
     source: str = ""
+    loads_weights: bool = False
 
 
 def source_of(obj: object) -> str:
@@ -118,6 +122,8 @@ def factory_entry(
 
     def build(options: BackboneOptions) -> nn.Module:
         kwargs = {k: v for k, v in options.build_options().items() if k in chosen}
+        if kwargs.get("out_indices", ()) is None:  # the factory's own default levels
+            del kwargs["out_indices"]
         return factory(**kwargs)
 
     return BackboneEntry(build, family, chosen, rows, source_of(factory))
@@ -150,8 +156,9 @@ def check_backbone(
     """Check a freshly built backbone against the contract, naming its factory on failure.
 
     The forward is run once, in eval mode and without gradients, on a zero image twice
-    the deepest level's stride (2x2 maps there); every module's training flag is
-    restored afterwards, so nothing about the model changes.
+    the deepest level's stride (2x2 maps there), or of the ``probe_input_size``
+    (height, width) the backbone declares when it takes only some sizes; every module's
+    training flag is restored afterwards, so nothing about the model changes.
 
     Raises:
         BackboneContractError: (a TypeError) no ``nn.Module``, no ``FeatureInfo``, or a
@@ -183,8 +190,9 @@ def _forward_problem(model: nn.Module, info: FeatureInfo, options: BackboneOptio
     if len(info) == 0:
         return "describes no feature level (feature_info is empty)"
     # 2x2 at the deepest level: GroupNorm needs more than one value per group, even in eval.
-    size = 2 * max(info.reduction())
-    x = torch.zeros(1, options.in_chans, size, size)
+    # A network that takes only some sizes (a ViT of fixed size) names one it takes.
+    height, width = getattr(model, "probe_input_size", None) or (2 * max(info.reduction()),) * 2
+    x = torch.zeros(1, options.in_chans, height, width)
     modes = [(m, m.training) for m in model.modules()]
     try:
         model.eval()
@@ -213,11 +221,11 @@ def _forward_problem(model: nn.Module, info: FeatureInfo, options: BackboneOptio
     else:
         return f"returned a backbone whose forward gives a {type(out).__name__}, not a list or dict"
     for level, fmap, chs, red in zip(names, maps, info.channels(), info.reduction(), strict=True):
-        expected = (chs, math.ceil(size / red), math.ceil(size / red))
+        expected = (chs, math.ceil(height / red), math.ceil(width / red))
         if not isinstance(fmap, Tensor) or fmap.dim() != 4 or tuple(fmap.shape[1:]) != expected:
             got = tuple(fmap.shape) if isinstance(fmap, Tensor) else type(fmap).__name__
             return (
-                f"returned a backbone whose {level!r} map is {got} for a {size}x{size} "
+                f"returned a backbone whose {level!r} map is {got} for a {height}x{width} "
                 f"input, but feature_info says {chs} channels at stride {red}, i.e. "
                 f"(1, {expected[0]}, {expected[1]}, {expected[2]}) in NCHW"
             )

@@ -32,11 +32,14 @@ class UnknownNameError(KeyError, ValueError):
         note: more context, e.g. plugins that failed to load and may provide the name.
     """
 
-    def __init__(self, kind: str, name: str, available: Sequence[str], note: str = "") -> None:
+    def __init__(
+        self, kind: str, name: str, available: Sequence[str], note: str = "", accepted: str = ""
+    ) -> None:
         self.kind = kind
         self.name = name
         self.available = tuple(available)
         self.note = note
+        self.accepted = accepted
         self.suggestions = difflib.get_close_matches(name, list(available), n=3, cutoff=0.6)
         message = f"unknown {kind} {name!r}"
         if self.suggestions:
@@ -45,7 +48,9 @@ class UnknownNameError(KeyError, ValueError):
             message += f"; did you mean {options}?"
         else:
             message += "."
-        message += f" Accepted: {', '.join(sorted(available)) or '(none registered)'}"
+        # A namespace of a thousand models says how to list them instead of listing them.
+        listing = accepted or ", ".join(sorted(available)) or "(none registered)"
+        message += f" Accepted: {listing}"
         if note:
             message += f". {note}"
         self.message = message
@@ -55,7 +60,7 @@ class UnknownNameError(KeyError, ValueError):
         return self.message
 
     def __reduce__(self) -> tuple[Any, ...]:  # rebuild from the arguments, for pickle and copy
-        return (type(self), (self.kind, self.name, self.available, self.note))
+        return (type(self), (self.kind, self.name, self.available, self.note, self.accepted))
 
 
 class NameConflictError(ValueError):

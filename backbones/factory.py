@@ -16,7 +16,7 @@ from typing import Any
 from torch import nn
 
 from backbones._spellings import unknown_options_error
-from backbones.catalog import BACKBONES, HEADS, families_supporting
+from backbones.catalog import HEADS, backbone_entry, families_supporting
 from backbones.contract import BackboneEntry, check_backbone
 from backbones.errors import UnsupportedOptionError
 from backbones.features import FeatureInfo
@@ -74,12 +74,13 @@ def create_backbone(name: str, **options: Any) -> nn.Module:
     unknown = {k: v for k, v in options.items() if k not in _OPTION_NAMES}
     if unknown:
         raise unknown_options_error("create_backbone", unknown, option_names())
-    entry = BACKBONES.get(name)
+    entry = backbone_entry(name)
     checked = BackboneOptions(**options)
     _check_supported(entry, checked)
     model = entry.build(checked)
     check_backbone(name, entry, model, checked)
-    apply_pretrained(model, name, entry.weights, checked)
+    if not entry.loads_weights:  # a zoo loads through its own library's machinery
+        apply_pretrained(model, name, entry.weights, checked)
     set_attributes(model, backbone_config={"name": name, **checked.to_config()})
     return model
 

@@ -25,6 +25,7 @@ from torch import nn
 if TYPE_CHECKING:
     from backbones.contract import BackboneEntry
     from backbones.layers import BlockVariant
+    from backbones.namespace import Namespace
     from backbones.variants import ResNetSpec
 
 __all__ = ["PROJECT", "hookimpl", "hookspec"]
@@ -101,4 +102,18 @@ def backbones_register_backbones() -> (
 
     Returns:
         ``{name: spec_factory_or_entry}``.
+    """
+
+
+@hookspec
+def backbones_register_namespaces() -> "dict[str, Namespace]":
+    """Model zoos this plugin provides, by namespace name (no ``"/"`` or ``":"`` in it).
+
+    A :class:`backbones.Namespace` names its models without building them and resolves
+    one name to a backbone entry on first use: ``"timm/convnext_tiny"`` asks the
+    ``"timm"`` namespace for ``"convnext_tiny"``. The library's own ``timm`` and ``tv``
+    namespaces come in through this hook too.
+
+    Returns:
+        ``{namespace: Namespace}``.
     """

@@ -25,6 +25,7 @@ from backbones.features import check_out_indices
 from backbones.layers import NUM_STAGES, BlockLayer
 from backbones.norm import NormLayer, resolve_norm_layer
 from backbones.weights.config import check_cfg_overlay
+from backbones.zoo.pyramid import PYRAMIDS
 from backbones.weights.in_chans import check_channel_map
 from backbones.weights.loading import check_load_options
 
@@ -78,8 +79,8 @@ def _option(
 
 
 # -- checks, one per option: each returns the value to keep, or raises naming the option ---
-def _out_indices(name: str, value: Any) -> tuple[int, ...]:
-    return check_out_indices(value)
+def _out_indices(name: str, value: Any) -> tuple[int, ...] | None:
+    return None if value is None else check_out_indices(value)
 
 
 def _output_stride(name: str, value: Any) -> int:
@@ -196,6 +197,12 @@ def _block_layers(name: str, value: Any) -> tuple[BlockLayer, ...]:
     return tuple(BlockLayer.coerce(v, name) for v in value)
 
 
+def _pyramid(name: str, value: Any) -> str | None:
+    if value is None or value in PYRAMIDS:
+        return value  # type: ignore[no-any-return]
+    raise ValueError(f"{name}={value!r} is not supported; accepted: None, {', '.join(PYRAMIDS)}")
+
+
 def _pretrained(name: str, value: Any) -> Pretrained:
     if not isinstance(value, bool | str | os.PathLike):
         raise TypeError(
@@ -225,10 +232,12 @@ class BackboneOptions:
         {}
     """
 
-    out_indices: tuple[int, ...] = _option(
-        (1, 2, 3, 4),
-        "levels to return: 0 stem, 1..4 layer1..layer4; negative counts from the end. "
-        "Out of range, repeated, or out of network order raises.",
+    out_indices: tuple[int, ...] | None = _option(
+        None,
+        "levels to return, numbered as timm numbers them for the network (ResNets: 0 stem, "
+        "1..4 layer1..layer4); negative counts from the end; `None` for the network's "
+        "default (ResNets: `(1, 2, 3, 4)`; zoo models: timm's `features_only` default). "
+        "Out of range, repeated, or out of network order raises, naming the levels.",
         _out_indices,
         cli="ints",
     )
@@ -282,6 +291,13 @@ class BackboneOptions:
         "residual add), per stage: `BlockLayer(...)`, dicts of its fields or layer names",
         _block_layers,
         cli="strs",
+    )
+    pyramid: str | None = _option(
+        None,
+        '`"simple"` turns a plain ViT (ViT, DeiT, EVA, DINOv2) into strides 4, 8, 16, 32 from '
+        "its last block, as ViTDet does; `out_indices` then picks among those four levels",
+        _pyramid,
+        cli="str",
     )
     return_dict: bool = _option(
         False, "return `{module_name: tensor}` instead of a list", check_bool, cli="bool"

@@ -36,6 +36,7 @@ from backbones.contract import BackboneEntry, factory_entry
 from backbones.errors import PluginWarning
 from backbones.hookspecs import PROJECT
 from backbones.layers import check_block_entry
+from backbones.namespace import SEPARATOR, Namespace
 from backbones.registry import BUILTIN_PROVIDER, QUALIFIER, Registry
 from backbones.resnet import resnet_entry
 from backbones.variants import ResNetSpec
@@ -60,6 +61,7 @@ _HOOKS = {
     "backbones_register_blocks": "block",
     "backbones_register_heads": "head",
     "backbones_register_backbones": "backbone",
+    "backbones_register_namespaces": "namespace",
 }
 
 
@@ -138,7 +140,7 @@ class PluginManager:
 
         Args:
             targets: the registry to fill for each kind ("layer", "block", "head",
-                "backbone").
+                "backbone", "namespace").
 
 
         Safe to call more than once and from several threads: only the first call
@@ -217,6 +219,8 @@ class PluginManager:
         # kind -> name -> [(info, object)]
         offers: dict[str, dict[str, list[tuple[PluginInfo, Any]]]] = {k: {} for k in targets}
         for hook_name, kind in _HOOKS.items():
+            if kind not in targets:
+                continue
             for impl in getattr(self._pm.hook, hook_name).get_hookimpls():
                 info = self._info[impl.plugin_name]
                 for name, obj in self._call(impl.function, hook_name, info).items():
@@ -285,6 +289,12 @@ def _as_entry(
         if isinstance(obj, BackboneEntry):
             return obj
         return factory_entry(obj, family=name)  # type: ignore[arg-type]
+    if kind == "namespace":
+        if not isinstance(obj, Namespace):
+            raise TypeError(f"expected a backbones.Namespace, got {type(obj).__name__}")
+        if SEPARATOR in name:
+            raise ValueError(f"a namespace name must not contain {SEPARATOR!r}")
+        return obj
     if not callable(obj):
         raise TypeError(f"expected a factory (a callable), got {type(obj).__name__}")
     return obj

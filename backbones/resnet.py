@@ -38,8 +38,10 @@ __all__ = [
 ]
 
 FAMILY = "resnet"
-SUPPORTS = frozenset(option_names(BUILD))
-"""The ResNet trunk honours every build option."""
+SUPPORTS = frozenset(option_names(BUILD)) - {"pyramid"}
+"""The ResNet trunk honours every build option but ``pyramid`` (for plain ViTs)."""
+DEFAULT_OUT_INDICES = (1, 2, 3, 4)
+"""The levels a ResNet returns when ``out_indices`` is None: layer1..layer4."""
 
 NUM_STAGES = 4
 STEM_CHANNELS = 64
@@ -158,7 +160,7 @@ class ResNet(nn.ModuleDict):
         levels += [
             FeatureLevel(i + 1, p.out_channels, p.reduction, p.name) for i, p in enumerate(plans)
         ]
-        self.feature_info = FeatureInfo(levels, options.out_indices)
+        self.feature_info = FeatureInfo(levels, options.out_indices or DEFAULT_OUT_INDICES)
         deepest = self.feature_info.out_indices[-1]
         frozen_stages = options.frozen_stages
         if not -1 <= frozen_stages <= deepest:

@@ -1,0 +1,320 @@
+"""Another library's feature extractor under the backbone contract: :class:`ZooBackbone`.
+
+The wrapped extractor (timm's ``features_only`` model, a torchvision FX extractor) is run
+once when the backbone is made, on a small image, with a hook on every module. From that
+run, not from the library's metadata:
+
+- each returned map's layout: NHWC maps (Swin, MaxViT stages in timm) are permuted to
+  NCHW, a free view whose strides are channels_last;
+- each returned level's channels and stride, so ``feature_info`` is what the forward
+  gives (timm's claims are kept in ``metadata_fixes`` where they differ);
+- the order in which modules run, which defines the stages for ``frozen_stages``: the
+  stem is everything that runs before the first level of stride 4 or more begins, and
+  stage k everything that runs from there until the k-th such level has finished (a
+  plain ViT: its blocks). Parameters owned directly by a container of those levels
+  (position embeddings, class tokens) belong to the stem.
+
+This module builds no network of its own beyond the optional pyramid it is given.
+"""
+
+import itertools
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from backbones.errors import BackboneContractError
+from backbones.features import FeatureInfo, FeatureLevel
+
+__all__ = ["Measured", "ZooBackbone", "find_module", "is_norm", "measure"]
+
+STEM_STRIDE = 4
+"""Levels of a smaller stride (timm's stride-2 level 0) belong to the stem."""
+
+
+def is_norm(module: nn.Module) -> bool:
+    """Whether ``module`` is a normalization layer (``norm_eval`` keeps it in eval)."""
+    return isinstance(
+        module, nn.modules.batchnorm._NormBase | nn.GroupNorm | nn.LayerNorm
+    ) or type(module).__name__.lower().endswith(("norm", "norm2d", "normact2d", "norm1d"))
+
+
+def find_module(root: nn.Module, path: str) -> str | None:
+    """The name in ``root`` of the module a library calls ``path``, or None.
+
+    timm's feature wrappers rename modules: ``stages.0`` becomes ``stages_0`` when they
+    flatten sequentials, and ``model.stages.0`` when they wrap the whole network.
+    """
+    names = dict(root.named_modules())
+    parts = path.split(".")
+    for prefix in ("", "model."):
+        for cut in range(1, len(parts) + 1):
+            candidate = prefix + "_".join(parts[:cut]) + ("." if cut < len(parts) else "")
+            candidate += ".".join(parts[cut:])
+            if candidate in names:
+                return candidate
+    return None
+
+
+@dataclass(frozen=True)
+class Measured:
+    """What one run of an extractor showed.
+
+    Attributes:
+        size: the (height, width) it ran at.
+        shapes: each returned map's shape, as returned.
+        nhwc: which returned maps are channels-last (B, H, W, C).
+        spans: module name -> (first entry, last exit) in the run's order of events.
+    """
+
+    size: tuple[int, int]
+    shapes: tuple[tuple[int, ...], ...]
+    nhwc: tuple[bool, ...]
+    spans: dict[str, tuple[int, int]]
+
+
+def _outputs(out: Any) -> list[Any]:
+    if isinstance(out, dict):
+        return list(out.values())
+    if isinstance(out, list | tuple):
+        return list(out)
+    return [out]
+
+
+def measure(
+    body: nn.Module, sizes: Sequence[tuple[int, int]], in_chans: int, claimed: Sequence[int]
+) -> Measured:
+    """Run ``body`` once (eval, no gradients) at the first size it takes, with hooks.
+
+    Args:
+        body: the extractor; returns a list, tuple or dict of maps.
+        sizes: (height, width) candidates, tried in order until one runs.
+        in_chans: input channels.
+        claimed: the channels the library says each returned map has, to tell NHWC
+            from NCHW.
+
+    Raises:
+        BackboneContractError: it runs at none of the sizes, or returns something
+            other than 4-d maps; the message says what it returned.
+    """
+    counter = itertools.count()
+    spans: dict[str, list[int]] = {}
+    handles = []
+    for name, module in body.named_modules():
+
+        def pre(_m: nn.Module, _a: Any, name: str = name) -> None:
+            spans.setdefault(name, [next(counter), -1])
+
+        def post(_m: nn.Module, _a: Any, _o: Any, name: str = name) -> None:
+            spans[name][1] = next(counter)
+
+        handles += [module.register_forward_pre_hook(pre), module.register_forward_hook(post)]
+    modes = [(m, m.training) for m in body.modules()]
+    failures = []
+    try:
+        body.eval()
+        for height, width in sizes:
+            spans.clear()
+            try:
+                with torch.no_grad():
+                    out = _outputs(body(torch.zeros(1, in_chans, height, width)))
+            except Exception as err:  # another library's network: try the next size
+                failures.append(f"{height}x{width}: {type(err).__name__}: {err}")
+                continue
+            break
+        else:
+            raise BackboneContractError(
+                f"the network runs at none of the sizes tried ({'; '.join(failures)})"
+            )
+    finally:
+        for handle in handles:
+            handle.remove()
+        for m, mode in modes:
+            m.training = mode
+    nhwc = []
+    for i, (fmap, chs) in enumerate(zip(out, claimed, strict=False)):
+        if not isinstance(fmap, Tensor) or fmap.dim() != 4:
+            got = tuple(fmap.shape) if isinstance(fmap, Tensor) else type(fmap).__name__
+            raise BackboneContractError(
+                f"output {i} is {got}, not a (batch, channels, height, width) feature map"
+            )
+        nhwc.append(fmap.shape[1] != chs and fmap.shape[3] == chs)
+    return Measured(
+        (height, width),
+        tuple(tuple(o.shape) for o in out),
+        tuple(nhwc),
+        {name: (span[0], span[1]) for name, span in spans.items()},
+    )
+
+
+def measured_levels(
+    levels: Sequence[FeatureLevel], out_indices: Sequence[int], run: Measured
+) -> tuple[list[FeatureLevel], list[str]]:
+    """``levels`` with the returned ones' channels and strides as measured, and the fixes.
+
+    Returns:
+        The levels, and one line per claim that differed from the run.
+    """
+    height, width = run.size
+    fixed = list(levels)
+    fixes = []
+    for index, shape, nhwc in zip(out_indices, run.shapes, run.nhwc, strict=True):
+        chs, h, w = (shape[3], shape[1], shape[2]) if nhwc else (shape[1], shape[2], shape[3])
+        stride = _stride(height, h) if _stride(height, h) == _stride(width, w) else 0
+        claim = levels[index]
+        if stride == 0:
+            raise BackboneContractError(
+                f"level {index} ({claim.module}) is {h}x{w} for a {height}x{width} input: "
+                f"no single stride gives that"
+            )
+        if (chs, stride) != (claim.num_chs, claim.reduction):
+            fixes.append(
+                f"level {index} ({claim.module}): the library says {claim.num_chs} channels "
+                f"at stride {claim.reduction}, the network gives {chs} at stride {stride}"
+            )
+            fixed[index] = FeatureLevel(index, chs, stride, claim.module)
+    return fixed, fixes
+
+
+def _stride(size: int, out: int) -> int:
+    """The stride that maps ``size`` to ``out`` (ceil or floor rounding), or 0."""
+    for stride in (round(size / out), math.ceil(size / out), size // out):
+        if stride > 0 and out in (math.ceil(size / stride), size // stride):
+            return stride
+    return 0
+
+
+def frozen_module_names(
+    body: nn.Module, spans: dict[str, tuple[int, int]], stages: Sequence[str], frozen_stages: int
+) -> tuple[list[str], list[str]]:
+    """The modules ``frozen_stages`` freezes, and the containers whose own parameters go too.
+
+    Args:
+        body: the extractor.
+        spans: the run's module spans (see :func:`measure`).
+        stages: the module names of the stage levels (stride 4 or more), in order.
+        frozen_stages: -1 nothing, 0 the stem, k the stem and the first k stages.
+
+    Returns:
+        (modules entirely frozen, ancestors whose direct parameters are frozen).
+    """
+    if frozen_stages < 0 or not stages:
+        return [], []
+    first = stages[0]
+    if frozen_stages == 0:
+        boundary, target = spans[first][0], first
+    else:
+        target = stages[frozen_stages - 1]
+        boundary = spans[target][1]
+    # Containers of the target run before it and after it: they are not frozen whole.
+    # (A wrapper may call its network's method, not the network: read names, not spans.)
+    names = [n for n, _ in body.named_modules()]
+    ancestors = {n for n in names if n == "" or target.startswith(n + ".")}
+    frozen = [n for n, (start, _) in spans.items() if start < boundary and n not in ancestors]
+    owners = [n for n in names if n == "" or first.startswith(n + ".")]
+    return frozen, owners
+
+
+class ZooBackbone(nn.Module):
+    """A feature extractor of another library, under the backbone contract.
+
+    Build one with the namespace's factory (``create_backbone("timm/...")``); the
+    arguments are what that factory measured.
+
+    Args:
+        body: the extractor; its forward returns the maps of ``out_indices`` (list or
+            dict), in order.
+        levels: every level of the network, with the returned ones measured.
+        out_indices: the returned level numbers, resolved.
+        nhwc: per returned map, whether it comes channels-last.
+        in_chans: input channels.
+        probe_input_size: a (height, width) the network takes, for the contract check.
+        frozen: module names of ``body`` to freeze; owners: modules whose direct
+            parameters to freeze.
+        frozen_stages: the option's value, kept for ``backbone_config`` readers.
+        norm_eval: keep every norm of ``body`` in eval mode.
+        return_dict: return ``{module: map}``.
+        neck: optional module taking the NCHW maps and returning the final list
+            (the simple pyramid); its levels are then ``levels``.
+        metadata_fixes: where the library's metadata differed from the run.
+    """
+
+    def __init__(
+        self,
+        body: nn.Module,
+        levels: Sequence[FeatureLevel],
+        out_indices: Sequence[int],
+        *,
+        nhwc: Sequence[bool],
+        in_chans: int,
+        probe_input_size: tuple[int, int],
+        frozen: Sequence[str] = (),
+        owners: Sequence[str] = (),
+        frozen_stages: int = -1,
+        norm_eval: bool = False,
+        return_dict: bool = False,
+        neck: nn.Module | None = None,
+        metadata_fixes: Sequence[str] = (),
+    ) -> None:
+        super().__init__()
+        self.body = body
+        self.neck = neck
+        self.feature_info = FeatureInfo(levels, out_indices)
+        self.in_chans = in_chans
+        self.probe_input_size = probe_input_size
+        self.frozen_stages = frozen_stages
+        self.norm_eval = norm_eval
+        self.return_dict = return_dict
+        self.metadata_fixes = list(metadata_fixes)
+        self._nhwc = [bool(v) for v in nhwc]
+        self._names = self.feature_info.module_name()
+        modules = dict(body.named_modules())
+        self._frozen = [modules[n] for n in frozen]
+        for module in self._frozen:
+            module.requires_grad_(False)
+        for name in owners:
+            for param in modules[name].parameters(recurse=False):
+                param.requires_grad_(False)
+        self.train()
+
+    def train(self, mode: bool = True) -> "ZooBackbone":
+        """Set the mode; frozen stages (and with ``norm_eval`` every norm) stay in eval."""
+        super().train(mode)
+        if mode:
+            for module in self._frozen:
+                module.eval()
+            if self.norm_eval:
+                for module in self.body.modules():
+                    if is_norm(module):
+                        module.eval()
+        return self
+
+    def forward(self, x: Tensor) -> list[Tensor] | dict[str, Tensor]:
+        if x.dim() != 4 or x.shape[1] != self.in_chans:
+            raise ValueError(
+                f"expected an input of shape (batch, {self.in_chans}, height, width), got "
+                f"{tuple(x.shape)}"
+            )
+        out = self.body(x)
+        maps = list(out.values()) if isinstance(out, dict) else list(out)
+        maps = [m.permute(0, 3, 1, 2) if t else m for m, t in zip(maps, self._nhwc, strict=True)]
+        if self.neck is not None:
+            maps = self.neck(maps, (x.shape[2], x.shape[3]))
+        if self.return_dict:
+            return dict(zip(self._names, maps, strict=True))
+        return maps
+
+
+def sizes_to_try(strides: Sequence[int], default: tuple[int, int] | None) -> list[tuple[int, int]]:
+    """Probe sizes: twice the deepest stride (at least 32), then the library's default."""
+    side = max(32, 2 * max(strides, default=32))
+    sizes = [(side, side)]
+    if default is not None and default not in sizes:
+        sizes.append(default)
+    return sizes
+
+
+Factory = Callable[..., nn.Module]
