@@ -41,7 +41,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import ClassVar
 
-from timm.layers import DropPath
 from torch import Tensor, nn
 
 from backbones.layers import LAST, InsertedLayer
@@ -66,7 +65,11 @@ _OWN_NAMES = frozenset(
 
 def drop_path_module(rate: float) -> nn.Module:
     """Stochastic depth at ``rate`` (timm's DropPath), or an identity when it is 0."""
-    return DropPath(rate) if rate > 0.0 else nn.Identity()
+    if rate <= 0.0:
+        return nn.Identity()
+    from timm.layers import DropPath  # timm's import costs seconds; only when it is used
+
+    return DropPath(rate)
 
 
 def _zero_gamma(norm: nn.Module) -> None:

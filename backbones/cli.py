@@ -32,6 +32,7 @@ from backbones.catalog import (
     list_blocks,
     list_heads,
     list_layers,
+    list_namespaces,
     list_plugins,
 )
 from backbones.factory import create_backbone
@@ -63,6 +64,10 @@ def _cmd_list(args: argparse.Namespace) -> int:
         print(f"{title} ({len(names)}):")
         for name in names:
             print(f"  {name}")
+    if "/" not in args.pattern:  # zoos are listed by a pattern that names them
+        print("namespaces (list one with PATTERN '<namespace>/*'):")
+        for name, doc in list_namespaces().items():
+            print(f"  {name}/  {doc}")
     return 0
 
 
@@ -105,9 +110,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
     if args.img_size <= 0:  # before building: a bad size should not wait for the model
         raise ValueError(f"--img-size must be a positive int, got {args.img_size}")
     model = create_backbone(args.name, **options)
-    table = level_table(
-        model, img_size=args.img_size, receptive_field=not args.no_receptive_field
-    )
+    table = level_table(model, img_size=args.img_size, receptive_field=not args.no_receptive_field)
     _, chans, height, width = table.input_shape
     print(
         f"{args.name}: {table.params / 1e6:.2f} M parameters, input {height}x{width}"

@@ -8,7 +8,6 @@ from collections.abc import Callable
 from functools import partial
 
 from torch import nn
-from torchvision.ops import FrozenBatchNorm2d
 
 from backbones.errors import UnknownNameError
 
@@ -19,9 +18,18 @@ NormLayer = Callable[[int], nn.Module]
 
 GROUPNORM_GROUPS = 32
 
+
+def frozen_batchnorm(num_features: int) -> nn.Module:
+    """torchvision's ``FrozenBatchNorm2d`` (imported on first use: torchvision's ops
+    import costs seconds that listing or a ResNet with BatchNorm need not pay)."""
+    from torchvision.ops import FrozenBatchNorm2d
+
+    return FrozenBatchNorm2d(num_features)
+
+
 NORM_LAYERS: dict[str, NormLayer] = {
     "batchnorm": nn.BatchNorm2d,
-    "frozen_batchnorm": FrozenBatchNorm2d,
+    "frozen_batchnorm": frozen_batchnorm,
     "syncbatchnorm": nn.SyncBatchNorm,
     "groupnorm": partial(nn.GroupNorm, GROUPNORM_GROUPS),
 }

@@ -13,9 +13,10 @@ from typing import Any
 
 from torch import nn
 
-from backbones.catalog import BACKBONES, BLOCKS, LAYERS, list_plugins
+from backbones.catalog import BACKBONES, BLOCKS, LAYERS, NAMESPACES, list_plugins
 from backbones.errors import NameConflictError, UnknownNameError, WeightsError
 from backbones.factory import create_backbone
+from backbones.namespace import SEPARATOR
 from backbones.plugin_manager import PluginInfo, get_plugin_manager
 from backbones.registry import Registry
 from backbones.weights.config import set_attributes
@@ -55,7 +56,12 @@ def _provider(kind: str, name: str) -> dict[str, str | None]:
     return {"kind": kind, "name": name, "plugin": plugin, "distribution": None, "version": None}
 
 
-_REGISTRIES: dict[str, Registry[Any]] = {"backbone": BACKBONES, "block": BLOCKS, "layer": LAYERS}
+_REGISTRIES: dict[str, Registry[Any]] = {
+    "backbone": BACKBONES,
+    "block": BLOCKS,
+    "layer": LAYERS,
+    "namespace": NAMESPACES,
+}
 
 
 def _block_names(config: dict[str, Any]) -> list[str]:
@@ -114,7 +120,9 @@ def save_backbone(model: nn.Module, path: str | os.PathLike[str]) -> Path:
                 f"save_backbone cannot record {key}={value!r}: it is not JSON data. Use a "
                 f"registered name instead (e.g. norm_layer='frozen_batchnorm')"
             ) from None
-    requires = [_provider("backbone", config["name"])]
+    prefix, sep, _ = str(config["name"]).partition(SEPARATOR)
+    is_zoo = bool(sep) and prefix in NAMESPACES
+    requires = [_provider("namespace", prefix) if is_zoo else _provider("backbone", config["name"])]
     requires += [_provider("block", b) for b in _block_names(config)]
     requires += [_provider("layer", layer) for layer in _layer_names(config)]
     metadata = {

@@ -56,7 +56,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
-    parser.add_argument("--backbone", default="resnet18", help="a registered backbone name")
+    parser.add_argument(
+        "--backbone",
+        default="resnet18",
+        help="a registered backbone name, or a zoo name such as timm/convnext_atto",
+    )
     parser.add_argument(
         "--block",
         default=None,
@@ -72,7 +76,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="random seed (data and init)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
-    if args.backbone not in list_backbones():
+    if "/" not in args.backbone and args.backbone not in list_backbones():
+        # a zoo name ("timm/convnext_atto", "tv/resnet18") is checked when it is built
         parser.error(f"unknown backbone {args.backbone!r}; choose from {list_backbones()}")
     if args.block is not None and args.block not in list_blocks():
         parser.error(f"unknown block {args.block!r}; choose from {list_blocks()}")

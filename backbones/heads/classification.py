@@ -5,8 +5,7 @@ backbone's list of features. Its linear layer is called ``fc``, as in torchvisio
 and timm's ResNets, so their classifier weights load into it.
 """
 
-from timm.layers import ClassifierHead
-from torch import Tensor
+from torch import Tensor, nn
 
 from backbones._checks import check_choice, check_int, check_probability
 from backbones.features import FeatureInfo
@@ -16,8 +15,12 @@ __all__ = ["POOL_TYPES", "ClassificationHead", "classification_head"]
 POOL_TYPES = ("avg", "max", "avgmax", "catavgmax")
 
 
-class ClassificationHead(ClassifierHead):
+class ClassificationHead(nn.Module):
     """Classifies from the last feature map a backbone returns.
+
+    The modules are timm's ``ClassifierHead``'s own (``global_pool``, ``drop``, ``fc``,
+    ``flatten``), made by it; timm is imported when a head is made, not when the
+    library lists its heads.
 
     Args:
         in_features: channels of that map.
@@ -25,6 +28,21 @@ class ClassificationHead(ClassifierHead):
         pool_type: one of ``POOL_TYPES``.
         drop_rate: dropout before the linear layer.
     """
+
+    def __init__(
+        self, in_features: int, num_classes: int, pool_type: str = "avg", drop_rate: float = 0.0
+    ) -> None:
+        super().__init__()
+        from timm.layers import ClassifierHead
+
+        timm_head = ClassifierHead(
+            in_features, num_classes, pool_type=pool_type, drop_rate=drop_rate
+        )
+        self.in_features, self.num_classes = in_features, num_classes
+        self.global_pool = timm_head.global_pool
+        self.drop = timm_head.drop
+        self.fc = timm_head.fc
+        self.flatten = timm_head.flatten
 
     def forward(self, features: list[Tensor]) -> Tensor:  # type: ignore[override]
         # timm's forward, step by step: TorchScript cannot compile super().forward.

@@ -7,14 +7,12 @@ attribute, with the same keys and shapes as torchvision's ``BackboneWithFPN``.
 """
 
 from collections import OrderedDict
+from typing import TYPE_CHECKING
 
 from torch import Tensor, nn
-from torchvision.ops import FeaturePyramidNetwork
-from torchvision.ops.feature_pyramid_network import (
-    ExtraFPNBlock,
-    LastLevelMaxPool,
-    LastLevelP6P7,
-)
+
+if TYPE_CHECKING:
+    from torchvision.ops.feature_pyramid_network import ExtraFPNBlock
 
 from backbones._checks import check_choice, check_int
 from backbones.features import FeatureInfo
@@ -35,10 +33,12 @@ class FPNHead(nn.Module):
     """
 
     def __init__(
-        self, in_channels: list[int], out_channels: int, extra_blocks: ExtraFPNBlock | None
+        self, in_channels: list[int], out_channels: int, extra_blocks: "ExtraFPNBlock | None"
     ) -> None:
         super().__init__()
         self.out_channels = out_channels
+        from torchvision.ops import FeaturePyramidNetwork  # on first use: a costly import
+
         self.fpn = FeaturePyramidNetwork(in_channels, out_channels, extra_blocks=extra_blocks)
 
     def forward(self, features: list[Tensor]) -> dict[str, Tensor]:
@@ -81,6 +81,8 @@ def fpn_head(
     """
     check_int("out_channels", out_channels)
     check_choice("extra_blocks", extra_blocks, EXTRA_BLOCKS)
+    from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP6P7
+
     extra: ExtraFPNBlock | None = None
     if extra_blocks == "maxpool":
         extra = LastLevelMaxPool()

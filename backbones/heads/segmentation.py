@@ -19,9 +19,6 @@ from functools import partial
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
-from torchvision.models.segmentation.deeplabv3 import DeepLabHead
-from torchvision.models.segmentation.fcn import FCNHead
-from torchvision.ops import Conv2dNormActivation, FeaturePyramidNetwork
 
 from backbones._checks import check_bool, check_int, check_int_sequence, check_probability
 from backbones.features import FeatureInfo
@@ -100,6 +97,9 @@ class SemanticFPNHead(nn.Module):
         channels: int = 128,
     ) -> None:
         super().__init__()
+        # torchvision's ops are imported on first use: their import costs seconds
+        from torchvision.ops import Conv2dNormActivation, FeaturePyramidNetwork
+
         self.fpn = FeaturePyramidNetwork(list(in_channels), fpn_channels)
         norm = partial(nn.GroupNorm, 32)
         finest = min(strides)
@@ -164,6 +164,8 @@ class UperNetHead(nn.Module):
         aux_classifier: nn.Module | None = None,
     ) -> None:
         super().__init__()
+        from torchvision.ops import Conv2dNormActivation  # on first use: a costly import
+
         *shallow, deepest = in_channels
         self.ppm = nn.ModuleList(
             nn.Sequential(nn.AdaptiveAvgPool2d(scale), Conv2dNormActivation(deepest, channels, 1))
@@ -215,6 +217,8 @@ class UperNetHead(nn.Module):
 
 
 def _aux(feature_info: FeatureInfo, aux: bool, num_classes: int) -> nn.Module | None:
+    from torchvision.models.segmentation.fcn import FCNHead
+
     if not check_bool("aux", aux):
         return None
     if len(feature_info) < 2:
@@ -243,6 +247,8 @@ def fcn_head(
         >>> model = create_model(create_backbone("resnet50", output_stride=8), "fcn",
         ...                      num_classes=5)  # doctest: +SKIP
     """
+    from torchvision.models.segmentation.fcn import FCNHead
+
     check_int("num_classes", num_classes)
     return SegmentationHead(
         FCNHead(feature_info.channels()[-1], num_classes), _aux(feature_info, aux, num_classes)
@@ -272,6 +278,8 @@ def deeplabv3_head(
         >>> seg = create_model(create_backbone("resnet50", output_stride=8), "deeplabv3",
         ...                    num_classes=21)  # doctest: +SKIP
     """
+    from torchvision.models.segmentation.deeplabv3 import DeepLabHead
+
     check_int("num_classes", num_classes)
     rates = check_int_sequence("atrous_rates", atrous_rates)
     return SegmentationHead(

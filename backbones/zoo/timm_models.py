@@ -242,7 +242,9 @@ def _create(
                     f"backbone {NAMESPACE}/{arch!r} cannot return features: {err}"
                 ) from None
             if "pretrained" in model_name or _is_weights_error(err):
-                raise WeightsError(f"timm could not load the weights of {model_name!r}: {err}")
+                raise WeightsError(
+                    f"timm could not load the weights of {model_name!r}: {err}"
+                ) from None
             raise
         except (IndexError, AssertionError, ValueError) as err:
             if "out_indices" in kwargs and not options.pyramid:
@@ -265,7 +267,9 @@ def _raise_for_out_indices(model_name: str, options: BackboneOptions) -> None:
     import timm
 
     with torch.device("meta"):
-        levels = len(timm.create_model(model_name.partition(".")[0], features_only=True).feature_info)
+        levels = len(
+            timm.create_model(model_name.partition(".")[0], features_only=True).feature_info
+        )
     resolve_out_indices(options.out_indices or (), levels)  # raises, naming the levels
     raise ValueError(f"timm refused out_indices={options.out_indices} for {model_name!r}")
 
