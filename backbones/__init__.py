@@ -22,6 +22,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ im
         list_blocks,
         list_heads,
         list_layers,
+        list_namespaces,
         list_plugins,
         register_backbone,
         register_block,
@@ -44,6 +45,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ im
     from backbones.inference import optimize_for_inference
     from backbones.layers import BlockLayer, BlockVariant
     from backbones.model import BackboneWithHead, create_model
+    from backbones.namespace import Namespace
     from backbones.options import BackboneOptions
     from backbones.plugin_manager import PluginInfo
     from backbones.saving import load_backbone, save_backbone
@@ -80,6 +82,8 @@ _PUBLIC: dict[str, str] = {
     "list_blocks": "backbones.catalog",
     "list_heads": "backbones.catalog",
     "list_layers": "backbones.catalog",
+    "list_namespaces": "backbones.catalog",
+    "Namespace": "backbones.namespace",
     "list_plugins": "backbones.catalog",
     "load_backbone": "backbones.saving",
     "load_pretrained": "backbones.weights",

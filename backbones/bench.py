@@ -74,7 +74,7 @@ class BenchResult:
 def benchmark(
     name: str,
     *,
-    out_indices: Sequence[int] = (1, 2, 3, 4),
+    out_indices: Sequence[int] | None = None,
     batch_size: int = 8,
     img_size: int = 224,
     threads: int = 2,
@@ -86,7 +86,7 @@ def benchmark(
 
     Args:
         name: a registered backbone that timm also defines.
-        out_indices: levels both models return.
+        out_indices: levels both models return; None for the network's default.
         batch_size: images per forward pass.
         img_size: square input size in pixels.
         threads: torch intra-op threads for the run (restored afterwards).
@@ -114,10 +114,19 @@ def benchmark(
     if rounds < 1 or warmup < 0:
         raise ValueError(f"rounds must be >= 1 and warmup >= 0, got {rounds} and {warmup}")
     ours = create_backbone(name, out_indices=out_indices).eval()
-    if not timm.is_model(name):
-        raise RuntimeError(f"timm defines no model {name!r} to compare with")
-    reference = timm.create_model(name, features_only=True, out_indices=tuple(out_indices)).eval()
-    ours.load_state_dict(reference.state_dict())  # same numbers through both
+    arch = name.removeprefix("timm/")  # a zoo name is timm's own model
+    if not timm.is_model(arch):
+        raise RuntimeError(f"timm defines no model {arch!r} to compare with")
+    levels = tuple(ours.feature_info.out_indices)
+    try:  # as the zoo builds it: any input size where timm's model allows it
+        reference = timm.create_model(
+            arch, features_only=True, out_indices=levels, dynamic_img_size=True
+        )
+    except TypeError:
+        reference = timm.create_model(arch, features_only=True, out_indices=levels)
+    reference.eval()
+    target = ours.body if arch != name else ours
+    target.load_state_dict(reference.state_dict())  # same numbers through both
     contenders: dict[str, nn.Module] = {OURS: ours, TIMM: reference}
     if optimized:
         contenders[OPTIMIZED] = optimize_for_inference(ours)
