@@ -22,6 +22,7 @@ from backbones.hookspecs import hookimpl
 from backbones.namespace import Namespace
 from backbones.variants import RESNET_VARIANTS, ResNetSpec
 from backbones.zoo.timm_models import TIMM
+from backbones.zoo.tv_models import TV
 
 
 @hookimpl
@@ -53,4 +54,4 @@ def backbones_register_backbones() -> dict[str, ResNetSpec]:
 
 @hookimpl
 def backbones_register_namespaces() -> dict[str, Namespace]:
-    return {"timm": TIMM}
+    return {"timm": TIMM, "tv": TV}

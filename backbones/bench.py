@@ -11,11 +11,13 @@ import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import nn
 
 from backbones.factory import create_backbone
+from backbones.features import FeatureInfo
 from backbones.inference import optimize_for_inference
 
 __all__ = ["BenchResult", "benchmark"]
@@ -117,7 +119,7 @@ def benchmark(
     arch = name.removeprefix("timm/")  # a zoo name is timm's own model
     if not timm.is_model(arch):
         raise RuntimeError(f"timm defines no model {arch!r} to compare with")
-    levels = tuple(ours.feature_info.out_indices)
+    levels = tuple(cast(FeatureInfo, ours.feature_info).out_indices)
     try:  # as the zoo builds it: any input size where timm's model allows it
         reference = timm.create_model(
             arch, features_only=True, out_indices=levels, dynamic_img_size=True
@@ -125,7 +127,7 @@ def benchmark(
     except TypeError:
         reference = timm.create_model(arch, features_only=True, out_indices=levels)
     reference.eval()
-    target = ours.body if arch != name else ours
+    target = cast(nn.Module, ours.body) if arch != name else ours
     target.load_state_dict(reference.state_dict())  # same numbers through both
     contenders: dict[str, nn.Module] = {OURS: ours, TIMM: reference}
     if optimized:

@@ -25,9 +25,9 @@ from backbones.features import check_out_indices
 from backbones.layers import NUM_STAGES, BlockLayer
 from backbones.norm import NormLayer, resolve_norm_layer
 from backbones.weights.config import check_cfg_overlay
-from backbones.zoo.pyramid import PYRAMIDS
 from backbones.weights.in_chans import check_channel_map
 from backbones.weights.loading import check_load_options
+from backbones.zoo.pyramid import PYRAMIDS
 
 __all__ = [
     "BUILD",

@@ -37,9 +37,9 @@ STEM_STRIDE = 4
 
 def is_norm(module: nn.Module) -> bool:
     """Whether ``module`` is a normalization layer (``norm_eval`` keeps it in eval)."""
-    return isinstance(
-        module, nn.modules.batchnorm._NormBase | nn.GroupNorm | nn.LayerNorm
-    ) or type(module).__name__.lower().endswith(("norm", "norm2d", "normact2d", "norm1d"))
+    return isinstance(module, nn.modules.batchnorm._NormBase | nn.GroupNorm | nn.LayerNorm) or type(
+        module
+    ).__name__.lower().endswith(("norm", "norm2d", "normact2d", "norm1d"))
 
 
 def find_module(root: nn.Module, path: str) -> str | None:

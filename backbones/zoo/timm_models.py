@@ -21,7 +21,7 @@ import os
 import re
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -84,7 +84,13 @@ def _names() -> list[str]:
     return [n for n in timm.list_models() if table.get(n, {}).get("status") != "no_features"]
 
 
+_PLAIN_VITS = ["timm/deit", "timm/eva", "timm/vision_transformer"]
+"""Families whose models are plain ViTs, which ``pyramid`` turns into pyramids."""
+
+
 def _families_supporting(option: str) -> list[str]:
+    if option == "pyramid":
+        return list(_PLAIN_VITS)
     if option not in _OPTION_COLUMNS:
         return []
     rows = capabilities().values()
@@ -156,7 +162,7 @@ def _build(arch: str, tag: str, options: BackboneOptions) -> nn.Module:
     model_name, weights_kwargs, source = _weights_kwargs(arch, tag, options)
     body = _create(arch, family, model_name, {**kwargs, **weights_kwargs}, options)
 
-    info = body.feature_info  # timm's FeatureInfo: every level, and the returned ones
+    info: Any = body.feature_info  # timm's FeatureInfo: every level, and the returned ones
     levels = [
         FeatureLevel(i, int(d["num_chs"]), int(d["reduction"]), str(d["module"]))
         for i, d in enumerate(info.info)
@@ -267,9 +273,8 @@ def _raise_for_out_indices(model_name: str, options: BackboneOptions) -> None:
     import timm
 
     with torch.device("meta"):
-        levels = len(
-            timm.create_model(model_name.partition(".")[0], features_only=True).feature_info
-        )
+        meta = timm.create_model(model_name.partition(".")[0], features_only=True)
+    levels = len(cast(Any, meta.feature_info))
     resolve_out_indices(options.out_indices or (), levels)  # raises, naming the levels
     raise ValueError(f"timm refused out_indices={options.out_indices} for {model_name!r}")
 
