@@ -8,6 +8,7 @@ Commands:
     bench NAME        eager forward speed against timm's features_only model
     weights NAME      a backbone's published weights: tags, sources, pre-processing, licence
     convert SRC DST   another library's checkpoint (detectron2 .pkl too) to our key names
+    probe PATTERN     build every backbone a pattern names ('timm/*'); table what works
 
 Every error is one line on stderr (``backbones: error: ...``) and a non-zero exit,
 never a traceback unless ``--traceback`` asks for it. When the reader of the output
@@ -18,6 +19,7 @@ status 141, what a shell reports for a writer killed by SIGPIPE.
 import argparse
 import contextlib
 import os
+import shlex
 import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
@@ -41,6 +43,14 @@ from backbones.options import BUILD, option_specs
 from backbones.plugin_manager import autoload_disabled
 from backbones.weights.convert import OUTPUT_SUFFIXES, convert_checkpoint
 from backbones.weights.formats import FORMATS
+from backbones.zoo.probe import (
+    CHECKS,
+    DEFAULT_IMG_SIZE,
+    DEFAULT_MAX_PARAMS_M,
+    DEFAULT_TIMEOUT_S,
+    ProbeRow,
+    probe_backbones,
+)
 
 __all__ = ["main"]
 
@@ -117,10 +127,9 @@ def _cmd_info(args: argparse.Namespace) -> int:
         f"{'' if chans == 3 else f' ({chans} channels)'}"
     )
     print(
-        "  measured at batch 1; params, GFLOPs and act. (MiB of tensors allocated) are "
-        "cumulative up to each level;\n  GFLOPs = FLOPs / 1e9, FLOPs as "
-        "torch.utils.flop_counter counts them (2 per multiply-add);\n  RF: receptive "
-        "field of the map's centre, measured; '>=' where it reaches the image's border"
+        "  measured at batch 1, cumulative up to each level: params, GFLOPs (FLOPs / 1e9, as\n"
+        "  torch.utils.flop_counter counts them: 2 per multiply-add), act. MiB (tensors\n"
+        "  allocated); RF: measured receptive field of the map's centre ('>=': cut by the border)"
     )
     if args.markdown:
         print()
@@ -164,6 +173,40 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         f"wrote {args.dst}: {counts['kept']} backbone tensors "
         f"({counts['dropped']} other entries left out)"
     )
+    return 0
+
+
+def _cmd_probe(args: argparse.Namespace) -> int:
+    def progress(done: int, total: int, row: ProbeRow) -> None:
+        why = f" ({row.reason})" if row.reason else ""
+        print(f"[{done}/{total}] {row.name}: {row.status}{why} {row.seconds:.1f}s", flush=True)
+
+    # The command with every setting spelled out, for the tables' header.
+    flags = [
+        *(["--out", args.out] if args.out is not None else []),
+        *(["--table", args.table] if args.table is not None else []),
+        *("--img-size", str(args.img_size), "--max-params", f"{args.max_params:g}"),
+        *("--timeout", f"{args.timeout:g}", "--checks", args.checks),
+        *("--jobs", str(args.jobs), "--threads", str(args.threads)),
+        *(["--resume"] if args.resume else []),
+    ]
+    command = shlex.join(["python", "-m", "backbones", "probe", *args.patterns, *flags])
+    run = probe_backbones(
+        args.patterns,
+        out=args.out,
+        table=args.table,
+        img_size=args.img_size,
+        max_params_m=args.max_params,
+        timeout_s=args.timeout,
+        checks=args.checks.split(","),
+        jobs=args.jobs,
+        threads=args.threads,
+        resume=args.resume,
+        command=command,
+        progress=progress,
+    )
+    print(run.summary())
+    print(f"wrote {run.csv}, {run.markdown} and {run.meta}")
     return 0
 
 
@@ -331,6 +374,74 @@ def _parser() -> argparse.ArgumentParser:
         "(default: detected from the checkpoint's keys)",
     )
     p_convert.set_defaults(run=_cmd_convert, parser=p_convert)
+
+    p_probe = sub.add_parser(
+        "probe",
+        help="build every backbone a pattern names and table what works",
+        description="Build every backbone matching PATTERN ('timm/*'), each in a process of "
+        "its own with a time limit, at a small input, and write a table (CSV, Markdown with "
+        "a summary, JSON with the versions): status, levels, strides, channels, whether "
+        "feature_info matched the forward, and whether each option works. The CSV is "
+        "rewritten after every model; --resume goes on from it.",
+    )
+    p_probe.add_argument(
+        "patterns",
+        nargs="+",
+        metavar="PATTERN",
+        help="fnmatch patterns as 'list' takes them ('timm/*', 'timm/convnext*') or names",
+    )
+    p_probe.add_argument(
+        "--out",
+        default=None,
+        help="folder for the CSV, Markdown and JSON (default: for a whole namespace "
+        "'NS/*', backbones/zoo/tables and docs/zoo; else the current folder)",
+    )
+    p_probe.add_argument(
+        "--table",
+        default=None,
+        help="the files' name (default: the namespace for 'NS/*', else from the pattern)",
+    )
+    p_probe.add_argument(
+        "--img-size",
+        type=int,
+        default=DEFAULT_IMG_SIZE,
+        help="input height and width of the checks (default: %(default)s)",
+    )
+    p_probe.add_argument(
+        "--max-params",
+        type=float,
+        default=DEFAULT_MAX_PARAMS_M,
+        help="skip models with more parameters, in millions, estimated without "
+        "allocating (default: %(default)s)",
+    )
+    p_probe.add_argument(
+        "--timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT_S,
+        help="seconds a model may take before it is killed and marked failed "
+        "(default: %(default)s)",
+    )
+    p_probe.add_argument(
+        "--checks",
+        default=",".join(CHECKS),
+        help="comma-separated checks to run, of: " + ", ".join(CHECKS) + " (default: all)",
+    )
+    p_probe.add_argument(
+        "--jobs", type=int, default=1, help="models probed at once (default: %(default)s)"
+    )
+    p_probe.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads per model's process (default: %(default)s)",
+    )
+    p_probe.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the rows of an existing CSV and probe only the models it lacks "
+        "(default: start over)",
+    )
+    p_probe.set_defaults(run=_cmd_probe, parser=p_probe)
     return parser
 
 

@@ -8,10 +8,11 @@ so the table works the same for this library's ResNets and for the zoo's wrapper
 
 The numbers, and the rules that define them:
 
-- **produced at**: a level's map is produced by the last operation that wrote the
-  tensor the forward returns for it (its values; a final view such as an NHWC to NCHW
-  permute counts). "Up to a level" means every operation run until then, in execution
-  order, whichever branch it belongs to.
+- **produced at**: a level's map is produced by the last operation that wrote into the
+  memory of the tensor the forward returns for it: the one that allocated it, or a later
+  in-place one (a ReLU). Views write nothing: an NHWC map permuted to NCHW at the end of
+  the forward was produced where its stage ended. "Up to a level" means every operation
+  run until then, in execution order, whichever branch it belongs to.
 - **params**: elements of the distinct parameters read by an operation up to the level
   (a parameter read twice, or shared by two modules, counts once). Parameters that no
   operation reads (an unused head) count only in the total.
@@ -24,17 +25,20 @@ The numbers, and the rules that define them:
   in-place ReLU, allocate nothing). That is the memory those maps would need if none
   were freed: an upper bound of inference memory, and close to what a training forward
   keeps for the backward.
-- **receptive field**: measured, on a copy of the computation (the model itself is not
-  touched): every parameter replaced by a positive random value scaled by its fan-in,
-  ReLU-like activations (relu, relu6, hardtanh, hardswish, hardsigmoid) made the
-  identity and max pooling made average pooling over the same windows, so that every
-  path through the network is active and no sum cancels; float64 (float32 where the
-  model cannot run in float64). The gradient of the sum over channels at the centre
-  position ``(H // 2, W // 2)`` of the level's map is taken with respect to a random
-  input; the receptive field is the height and width of the bounding box of its
-  non-zero support. That is the theoretical receptive field, cut by the image: where
-  the support reaches the image's border the true field is at least that large
-  (``receptive_field_clipped``).
+- **receptive field**: measured at the full input size, by running the model's forward
+  with other tensors (``torch.func.functional_call``; the model is not touched): every
+  parameter a positive random value divided by its fan-in, ReLU-like activations
+  (relu, relu6, hardtanh, hardswish, hardsigmoid) the identity and max pooling average
+  pooling over the same windows, so that every path through the network is active and
+  no sum cancels, whatever the real weights and input. The gradient of the sum over
+  channels at the centre position ``(H // 2, W // 2)`` of the level's map is taken
+  with respect to a random positive input, one backward per level; the receptive field
+  is the height and width of the bounding box of its non-zero support. That is the
+  theoretical receptive field, cut by the image: where the support reaches the image's
+  border the true field is at least that large (``receptive_field_clipped``). The
+  probe runs in float32 and again in float64 when a float32 gradient comes near
+  underflow (very deep networks, whose field edges are reached by products of many
+  small weights) or overflows.
 
 This module measures; it builds no network and leaves the model as it found it
 (training flags restored, parameters unchanged).
@@ -135,11 +139,11 @@ def level_table(
 ) -> LevelTable:
     """Measure each level a backbone returns: shape, params, FLOPs, memory, receptive field.
 
-    Two passes over a random image of batch 1: one inference forward in the model's own
-    dtype, counting FLOPs and watching each operation; then, for the receptive fields, a
-    forward with gradients on a probe copy of the computation and one backward per level
-    (see the module docstring for every rule). The model's training flags are restored
-    and its parameters are never changed.
+    Two passes over a random image of batch 1: one inference forward in eval mode and
+    the model's own dtype, counting FLOPs and watching each operation; then, for the
+    receptive fields, the forward run with probe tensors in place of the parameters,
+    with gradients, and one backward per level (see the module docstring for every
+    rule). The model's training flags are restored and its parameters never change.
 
     Args:
         model: a backbone (an ``nn.Module`` whose ``feature_info`` describes the maps
@@ -162,7 +166,7 @@ def level_table(
     Example:
         >>> table = level_table(create_backbone("resnet18"), img_size=64)  # doctest: +SKIP
         >>> [(row.stride, row.shape, row.receptive_field) for row in table.levels][0]
-        (4, (1, 64, 16, 16), (35, 35))
+        (4, (1, 64, 16, 16), (43, 43))
         >>> print(format_table(table))  # doctest: +SKIP
     """
     info = feature_info_of(model, "level_table")
@@ -194,7 +198,8 @@ def level_table(
             strict=True,
         )
     ):
-        field, clipped = fields[i] if fields is not None and fields[i] else (None, (False, False))
+        measured = fields[i] if fields is not None else None
+        field, clipped = measured if measured is not None else (None, (False, False))
         params, flops, act = produced[i]
         rows.append(
             LevelStats(
@@ -202,9 +207,7 @@ def level_table(
             )
         )
     total_params = sum(p.numel() for p in model.parameters())
-    return LevelTable(
-        tuple(rows), (1, chans, height, width), total_params, totals[1], totals[2]
-    )
+    return LevelTable(tuple(rows), (1, chans, height, width), total_params, totals[1], totals[2])
 
 
 def format_table(table: LevelTable, *, markdown: bool = False) -> str:
@@ -310,9 +313,8 @@ def _level_maps(out: object, info: FeatureInfo) -> list[Tensor]:
         maps = list(out)
     else:
         maps = [out]
-    if len(maps) != len(names) or not all(
-        isinstance(m, Tensor) and m.dim() == 4 for m in maps
-    ):
+    tensors = [m for m in maps if isinstance(m, Tensor) and m.dim() == 4]
+    if len(maps) != len(names) or len(tensors) != len(maps):
         got = (
             f"{type(out).__name__} of {len(out)}" if isinstance(out, Sized) else type(out).__name__
         )
@@ -320,7 +322,7 @@ def _level_maps(out: object, info: FeatureInfo) -> list[Tensor]:
             f"the forward returned {got}, not the {len(names)} NCHW maps its feature_info "
             f"describes ({', '.join(names)})"
         )
-    return maps
+    return tensors
 
 
 # -- the counting pass --------------------------------------------------------------------
@@ -333,18 +335,14 @@ def _storage(t: Tensor) -> int | None:
     return ptr or None
 
 
-def _key(t: Tensor) -> tuple[Any, ...] | None:
-    ptr = _storage(t)
-    if ptr is None:
-        return None
-    return ptr, t.storage_offset(), tuple(t.shape), t.stride(), t.dtype
-
-
 class _Recorder(TorchDispatchMode):
     """Watches every operation below autograd; after each, snapshots the running totals.
 
     ``snapshots[k]`` is ``(params, flops, bytes)`` after the k-th operation (0: before
-    any); ``writer`` maps a tensor's key to the last operation that produced it.
+    any); ``written`` maps the memory of each live tensor to the last operation that
+    wrote into it: the one that allocated it or, later, one that changed it in place.
+    A view writes nothing, so an NHWC map permuted at the end of a forward was still
+    produced where its values were.
     """
 
     def __init__(self, params: Mapping[int, int], flops: FlopCounterMode, x: Tensor) -> None:
@@ -355,8 +353,9 @@ class _Recorder(TorchDispatchMode):
         self.param_total = 0
         self.bytes_total = 0
         self.snapshots: list[tuple[int, int, int]] = [(0, 0, 0)]
-        key = _key(x)
-        self.writer: dict[tuple[Any, ...], int] = {key: 0} if key else {}
+        self.written: dict[int, int] = {}
+        if (ptr := _storage(x)) is not None:
+            self.written[ptr] = 0
 
     def __torch_dispatch__(
         self,
@@ -374,12 +373,16 @@ class _Recorder(TorchDispatchMode):
                     self.read.add(ptr)
                     self.param_total += self.params[ptr]
         step = len(self.snapshots)
+        schema = getattr(func, "_schema", None)  # higher-order operators have none
+        mutates = bool(getattr(schema, "is_mutable", False))  # in place, or into out=
         for t in tree_leaves(out):
             if not isinstance(t, Tensor) or (ptr := _storage(t)) is None:
                 continue
-            if ptr not in inputs:  # a view or an in-place result allocates nothing
+            fresh = ptr not in inputs  # a view or an in-place result allocates nothing
+            if fresh:
                 self.bytes_total += t.numel() * t.element_size()
-            self.writer[_key(t)] = step  # type: ignore[index]  # has storage: a key
+            if fresh or mutates:
+                self.written[ptr] = step
         self.snapshots.append((self.param_total, self.flops.get_total_flops(), self.bytes_total))
         return out
 
@@ -399,8 +402,11 @@ def _measure(
     except Exception as err:  # the network's own code: any error means "not this size"
         raise ValueError(_size_problem(x, info, err)) from err
     maps = _level_maps(out, info)
-    last = len(recorder.snapshots) - 1
-    produced = [recorder.snapshots[recorder.writer.get(_key(m), last)] for m in maps]  # type: ignore[arg-type]
+    produced = []
+    for m in maps:  # a map no operation wrote (made outside the forward) counts at the end
+        ptr = _storage(m)
+        step = recorder.written.get(ptr, -1) if ptr is not None else -1
+        produced.append(recorder.snapshots[step])
     return maps, produced, recorder.snapshots[-1]
 
 

@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+from backbones import list_namespaces
 from backbones.bench import benchmark
 from backbones.cli import main
 
@@ -46,6 +47,9 @@ def test_list_prints_matching_backbones_blocks_and_heads():
     assert (
         result.stdout
         == "backbones (2):\n  resnet50\n  resnet50d\nblocks (0):\nlayers (0):\nheads (0):\n"
+        "namespaces (list one with PATTERN '<namespace>/*'):\n"
+        "  timm/  timm's models that return features (timm.create_model(..., features_only=True))\n"
+        f"  tv/  {list_namespaces()['tv']}\n"
     )
 
 
@@ -258,7 +262,7 @@ def _subparsers() -> dict[str, argparse.ArgumentParser]:
 
 def test_every_argument_of_every_subcommand_has_help_and_options_show_a_default():
     parsers = _subparsers()
-    assert set(parsers) == {"list", "plugins", "info", "bench", "weights", "convert"}
+    assert set(parsers) == {"list", "plugins", "info", "bench", "weights", "convert", "probe"}
     for command, parser in parsers.items():
         for action in parser._actions:
             if isinstance(action, argparse._HelpAction):
