@@ -12,15 +12,21 @@ Plugins return namespaces from the ``backbones_register_namespaces`` hook.
 This module describes namespaces; the catalog looks names up in them.
 """
 
+import difflib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from backbones.contract import BackboneEntry
 
-__all__ = ["SEPARATOR", "Namespace"]
+__all__ = ["SEPARATOR", "Namespace", "close_matches"]
 
 SEPARATOR = "/"
 """Separates a namespace from a model name: ``"timm/convnext_tiny"``."""
+
+
+def close_matches(name: str, names: Iterable[str]) -> list[str]:
+    """Up to three names of a namespace close to ``name``, for an unknown-name message."""
+    return difflib.get_close_matches(name, list(names), n=3, cutoff=0.6)
 
 
 def _none(option: str) -> list[str]:

@@ -19,7 +19,7 @@ This module builds no network of its own beyond the optional pyramid it is given
 
 import itertools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from backbones.errors import BackboneContractError
 from backbones.features import FeatureInfo, FeatureLevel
 
-__all__ = ["Measured", "ZooBackbone", "find_module", "is_norm", "measure"]
+__all__ = ["Measured", "ZooBackbone", "check_frozen_stages", "find_module", "is_norm", "measure"]
 
 STEM_STRIDE = 4
 """Levels of a smaller stride (timm's stride-2 level 0) belong to the stem."""
@@ -187,6 +187,22 @@ def _stride(size: int, out: int) -> int:
     return 0
 
 
+def check_frozen_stages(
+    frozen_stages: int, built: int, stages: Sequence[str], returned: Sequence[int]
+) -> None:
+    """Refuse ``frozen_stages`` beyond the ``built`` stages (``stages``: their module names).
+
+    Raises:
+        ValueError: out of range; the message names both ends and the stages.
+    """
+    if frozen_stages > built:
+        raise ValueError(
+            f"frozen_stages={frozen_stages} is out of range; accepted: -1 (nothing) .. "
+            f"{built} (the stem and every stage built for out_indices={tuple(returned)}: "
+            f"{', '.join(stages[:built]) or 'none'})"
+        )
+
+
 def frozen_module_names(
     body: nn.Module, spans: dict[str, tuple[int, int]], stages: Sequence[str], frozen_stages: int
 ) -> tuple[list[str], list[str]]:
@@ -315,6 +331,3 @@ def sizes_to_try(strides: Sequence[int], default: tuple[int, int] | None) -> lis
     if default is not None and default not in sizes:
         sizes.append(default)
     return sizes
-
-
-Factory = Callable[..., nn.Module]

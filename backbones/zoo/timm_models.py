@@ -19,7 +19,6 @@ import difflib
 import functools
 import os
 import re
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, cast
 
@@ -29,7 +28,7 @@ from torch import nn
 from backbones.contract import BackboneEntry
 from backbones.errors import UnknownNameError, UnsupportedOptionError, WeightsError
 from backbones.features import FeatureLevel, resolve_out_indices
-from backbones.namespace import SEPARATOR, Namespace
+from backbones.namespace import SEPARATOR, Namespace, close_matches
 from backbones.options import BackboneOptions, option_specs
 from backbones.weights.config import set_attributes
 from backbones.weights.loading import LoadReport
@@ -37,6 +36,7 @@ from backbones.weights.sources import resolve_source
 from backbones.zoo.extractor import (
     STEM_STRIDE,
     ZooBackbone,
+    check_frozen_stages,
     find_module,
     frozen_module_names,
     measure,
@@ -111,7 +111,7 @@ def _resolve(name: str) -> BackboneEntry:
         raise UnknownNameError(
             "backbone",
             f"{NAMESPACE}{SEPARATOR}{name}",
-            [f"{NAMESPACE}{SEPARATOR}{n}" for n in _close(arch, timm.list_models())],
+            [f"{NAMESPACE}{SEPARATOR}{n}" for n in close_matches(arch, timm.list_models())],
             accepted=f"a timm model name; list them with list_backbones('{NAMESPACE}/*')",
         )
     if capabilities().get(arch, {}).get("status") == "no_features":
@@ -131,10 +131,6 @@ def _resolve(name: str) -> BackboneEntry:
         source=f"timm.create_model({arch!r}, features_only=True)",
         loads_weights=True,
     )
-
-
-def _close(name: str, names: Iterable[str]) -> list[str]:
-    return difflib.get_close_matches(name, list(names), n=3, cutoff=0.6)
 
 
 TIMM = Namespace(
@@ -190,7 +186,7 @@ def _build(arch: str, tag: str, options: BackboneOptions) -> nn.Module:
     )
     levels, fixes = measured_levels(levels, returned, run)
     stages = [lv for lv in levels if lv.reduction >= STEM_STRIDE]
-    frozen, owners = _frozen(body, run.spans, stages, options.frozen_stages, returned, levels)
+    frozen, owners = _frozen(body, run.spans, stages, options.frozen_stages, returned)
 
     neck = None
     out_indices: tuple[int, ...] = returned
@@ -303,18 +299,12 @@ def _frozen(
     stages: list[FeatureLevel],
     frozen_stages: int,
     returned: tuple[int, ...],
-    levels: list[FeatureLevel],
 ) -> tuple[list[str], list[str]]:
     if frozen_stages < 0:
         return [], []
     names = [find_module(body, lv.module) for lv in stages]
     built = [n for n in names if n is not None and n in spans]
-    if frozen_stages > len(built):
-        raise ValueError(
-            f"frozen_stages={frozen_stages} is out of range; accepted: -1 (nothing) .. "
-            f"{len(built)} (the stem and every stage built for out_indices={returned}: "
-            f"{', '.join(lv.module for lv in stages[: len(built)])})"
-        )
+    check_frozen_stages(frozen_stages, len(built), [lv.module for lv in stages], returned)
     if not built:
         raise ValueError("frozen_stages: no stage module of this network could be found")
     return frozen_module_names(body, spans, built, frozen_stages)

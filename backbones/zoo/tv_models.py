@@ -68,7 +68,7 @@ import difflib
 import os
 import re
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -84,7 +84,7 @@ from backbones.errors import (
     WeightsLoadError,
 )
 from backbones.features import FeatureLevel, resolve_out_indices
-from backbones.namespace import SEPARATOR, Namespace
+from backbones.namespace import SEPARATOR, Namespace, close_matches
 from backbones.options import BackboneOptions
 from backbones.weights.config import IMAGENET_MEAN, IMAGENET_STD, PretrainedCfg, set_attributes
 from backbones.weights.in_chans import adapt_first_conv
@@ -93,6 +93,7 @@ from backbones.weights.sources import read_checkpoint, resolve_source, sha256_of
 from backbones.zoo.extractor import (
     STEM_STRIDE,
     ZooBackbone,
+    check_frozen_stages,
     frozen_module_names,
     measure,
     measured_levels,
@@ -238,7 +239,7 @@ def _resolve(name: str) -> BackboneEntry:
         raise UnknownNameError(
             "backbone",
             f"{NAMESPACE}{SEPARATOR}{name}",
-            [f"{NAMESPACE}{SEPARATOR}{n}" for n in _close(name, _names())],
+            [f"{NAMESPACE}{SEPARATOR}{n}" for n in close_matches(name, _names())],
             accepted=f"a torchvision classification model; list them with "
             f"list_backbones('{NAMESPACE}/*')",
         )
@@ -259,10 +260,6 @@ def _resolve(name: str) -> BackboneEntry:
         source=f"torchvision.models.get_model({name!r}) cut by create_feature_extractor",
         loads_weights=True,
     )
-
-
-def _close(name: str, names: Iterable[str]) -> list[str]:
-    return difflib.get_close_matches(name, list(names), n=3, cutoff=0.6)
 
 
 TV = Namespace(
@@ -571,12 +568,7 @@ def _frozen(
         if inside:
             spans[node] = (min(s[0] for s in inside), max(s[1] for s in inside))
             built.append(node)
-    if frozen_stages > len(built):
-        raise ValueError(
-            f"frozen_stages={frozen_stages} is out of range; accepted: -1 (nothing) .. "
-            f"{len(built)} (the stem and every stage built for out_indices={returned}: "
-            f"{', '.join(lv.module for lv in stages[: len(built)]) or 'none'})"
-        )
+    check_frozen_stages(frozen_stages, len(built), [lv.module for lv in stages], returned)
     return frozen_module_names(body, spans, built, frozen_stages)
 
 
