@@ -422,14 +422,14 @@ def server(tmp_path: Path) -> Iterator[Server]:
 
 
 @pytest.fixture
-def checkpoints(tmp_path: Path) -> Iterator[Path]:
-    """torch's hub dir points into tmp_path; yields its ``checkpoints`` folder."""
-    previous = torch.hub.get_dir()
-    torch.hub.set_dir(str(tmp_path / "hub"))
-    try:
-        yield tmp_path / "hub" / "checkpoints"
-    finally:
-        torch.hub.set_dir(previous)
+def checkpoints(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """torch's hub dir points into tmp_path; yields its ``checkpoints`` folder.
+
+    Through ``torch.hub._hub_dir`` (what ``set_dir`` sets), restored to its value before:
+    ``set_dir(get_dir())`` would leave it set, and later tests' TORCH_HOME ignored.
+    """
+    monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "hub"))
+    yield tmp_path / "hub" / "checkpoints"
 
 
 def cached(checkpoints: Path) -> list[str]:

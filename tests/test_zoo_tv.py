@@ -415,6 +415,7 @@ def test_drop_path_rate_rescales_a_schedule_the_builder_fixes():
 def _hub_file(monkeypatch: pytest.MonkeyPatch, tmp_path, weights, state) -> None:
     """Put ``state`` where torch hub caches ``weights``, under a fresh TORCH_HOME."""
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setattr(torch.hub, "_hub_dir", None)  # TORCH_HOME decides, not a set_dir
     folder = tmp_path / "hub" / "checkpoints"
     folder.mkdir(parents=True, exist_ok=True)
     torch.save(state, folder / os.path.basename(weights.url))
@@ -467,6 +468,7 @@ def test_weights_missing_offline_say_where_torch_hub_looks(monkeypatch, tmp_path
         raise OSError("network unreachable")
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setattr(torch.hub, "_hub_dir", None)  # TORCH_HOME decides, not a set_dir
     monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
     with pytest.raises(WeightsError, match=r"Offline, put the file at .*mnasnet0\.5_top1_67\.823"):
         create_backbone("tv/mnasnet0_5", pretrained=True)
