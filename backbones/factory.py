@@ -18,7 +18,7 @@ from torch import nn
 from backbones._spellings import unknown_options_error
 from backbones.catalog import HEADS, backbone_entry, families_supporting
 from backbones.contract import BackboneEntry, check_backbone
-from backbones.errors import UnsupportedOptionError
+from backbones.errors import BackboneContractError, UnsupportedOptionError
 from backbones.features import FeatureInfo
 from backbones.options import BUILD, BackboneOptions, option_names, option_specs
 from backbones.weights.config import set_attributes
@@ -77,7 +77,16 @@ def create_backbone(name: str, **options: Any) -> nn.Module:
     entry = backbone_entry(name)
     checked = BackboneOptions(**options)
     _check_supported(entry, checked)
-    model = entry.build(checked)
+    try:
+        model = entry.build(checked)
+    except UnsupportedOptionError as err:  # a namespace knows its own families, not all
+        families = [*families_supporting(err.option)]
+        families += [f for f in err.families if f not in families]
+        raise UnsupportedOptionError(err.family, err.option, err.value, families) from None
+    except BackboneContractError as err:  # measured while building: name the backbone
+        if name in str(err):
+            raise
+        raise BackboneContractError(f"backbone {name!r}: {err}") from None
     check_backbone(name, entry, model, checked)
     if not entry.loads_weights:  # a zoo loads through its own library's machinery
         apply_pretrained(model, name, entry.weights, checked)

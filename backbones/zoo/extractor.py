@@ -163,12 +163,12 @@ def measured_levels(
     fixes = []
     for index, shape, nhwc in zip(out_indices, run.shapes, run.nhwc, strict=True):
         chs, h, w = (shape[3], shape[1], shape[2]) if nhwc else (shape[1], shape[2], shape[3])
-        stride = _stride(height, h) if _stride(height, h) == _stride(width, w) else 0
         claim = levels[index]
-        if stride == 0:
+        stride = _stride(height, h, claim.reduction)
+        if stride != _stride(width, w, claim.reduction) or stride == 0:
             raise BackboneContractError(
-                f"level {index} ({claim.module}) is {h}x{w} for a {height}x{width} input: "
-                f"no single stride gives that"
+                f"level {index} ({claim.module}) is {h}x{w} on the {height}x{width} image the "
+                f"network is measured with when it is built: no single stride gives that"
             )
         if (chs, stride) != (claim.num_chs, claim.reduction):
             fixes.append(
@@ -179,9 +179,13 @@ def measured_levels(
     return fixed, fixes
 
 
-def _stride(size: int, out: int) -> int:
-    """The stride that maps ``size`` to ``out`` (ceil or floor rounding), or 0."""
-    for stride in (round(size / out), math.ceil(size / out), size // out):
+def _stride(size: int, out: int, claim: int) -> int:
+    """The stride that maps ``size`` to ``out`` (ceil or floor rounding), or 0.
+
+    The library's ``claim`` comes first: LeViT's stride-64 level is 4 cells of a 224 px
+    image (ceil), which stride 56 explains as well, but 64 is the true one.
+    """
+    for stride in (claim, round(size / out), math.ceil(size / out), size // out):
         if stride > 0 and out in (math.ceil(size / stride), size // stride):
             return stride
     return 0
@@ -195,7 +199,7 @@ def check_frozen_stages(
     Raises:
         ValueError: out of range; the message names both ends and the stages.
     """
-    if frozen_stages > built:
+    if not -1 <= frozen_stages <= built:
         raise ValueError(
             f"frozen_stages={frozen_stages} is out of range; accepted: -1 (nothing) .. "
             f"{built} (the stem and every stage built for out_indices={tuple(returned)}: "
@@ -309,24 +313,42 @@ class ZooBackbone(nn.Module):
         return self
 
     def forward(self, x: Tensor) -> list[Tensor] | dict[str, Tensor]:
+        # Written so TorchScript compiles it: whether the wrapped network does is its own.
+        maps = self._maps(x)
+        if self.return_dict:
+            named: dict[str, Tensor] = {}
+            for i, name in enumerate(self._names):
+                named[name] = maps[i]
+            return named
+        return maps
+
+    def _maps(self, x: Tensor) -> list[Tensor]:
         if x.dim() != 4 or x.shape[1] != self.in_chans:
             raise ValueError(
                 f"expected an input of shape (batch, {self.in_chans}, height, width), got "
-                f"{tuple(x.shape)}"
+                f"{list(x.shape)}"
             )
         out = self.body(x)
-        maps = list(out.values()) if isinstance(out, dict) else list(out)
-        maps = [m.permute(0, 3, 1, 2) if t else m for m, t in zip(maps, self._nhwc, strict=True)]
+        maps: list[Tensor] = []
+        if torch.jit.isinstance(out, dict[str, Tensor]):
+            for fmap in out.values():
+                maps.append(fmap)
+        else:
+            for fmap in out:
+                maps.append(fmap)
+        for i, nhwc in enumerate(self._nhwc):
+            if nhwc:
+                maps[i] = maps[i].permute(0, 3, 1, 2)
         if self.neck is not None:
             maps = self.neck(maps, (x.shape[2], x.shape[3]))
-        if self.return_dict:
-            return dict(zip(self._names, maps, strict=True))
         return maps
 
 
 def sizes_to_try(strides: Sequence[int], default: tuple[int, int] | None) -> list[tuple[int, int]]:
-    """Probe sizes: twice the deepest stride (at least 32), then the library's default."""
-    side = max(32, 2 * max(strides, default=32))
+    """Probe sizes: the first multiple of the deepest stride that is at least twice it and
+    32 px (64 for stride 32, 42 for a patch-14 ViT), then the library's default."""
+    deepest = max(strides, default=32)
+    side = deepest * max(2, math.ceil(32 / deepest))
     sizes = [(side, side)]
     if default is not None and default not in sizes:
         sizes.append(default)

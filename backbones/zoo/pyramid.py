@@ -24,7 +24,10 @@ class _LayerNorm2d(nn.LayerNorm):
     """LayerNorm over the channels of an NCHW map."""
 
     def forward(self, x: Tensor) -> Tensor:
-        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        x = F.layer_norm(
+            x.permute(0, 2, 3, 1), self.normalized_shape, self.weight, self.bias, self.eps
+        )
+        return x.permute(0, 3, 1, 2)
 
 
 class SimpleFeaturePyramid(nn.Module):
@@ -68,8 +71,21 @@ class SimpleFeaturePyramid(nn.Module):
         self.levels = nn.ModuleDict({f"stride{STRIDES[i]}": makers[i]() for i in out_indices})
 
     def forward(self, maps: list[Tensor], size: tuple[int, int]) -> list[Tensor]:
+        """The levels of ``maps[-1]`` for an input of ``size`` (height, width): each is
+        ``ceil(size / stride)`` cells, whatever the ViT's patch."""
         x = maps[-1]
         if self.stride != 16:
-            grid = (-(-int(size[0]) // 16), -(-int(size[1]) // 16))
-            x = F.interpolate(x, size=grid, mode="bilinear", align_corners=False)
-        return [level(x) for level in self.levels.values()]
+            x = F.interpolate(x, size=_cells(size, 16), mode="bilinear", align_corners=False)
+        out: list[Tensor] = []
+        for key, level in self.levels.items():
+            fmap = level(x)
+            cells = _cells(size, int(key[len("stride") :]))
+            if fmap.shape[-2] != cells[0] or fmap.shape[-1] != cells[1]:  # patch 14: 44 -> 42
+                fmap = F.interpolate(fmap, size=cells, mode="bilinear", align_corners=False)
+            out.append(fmap)
+        return out
+
+
+def _cells(size: tuple[int, int], stride: int) -> tuple[int, int]:
+    """ceil(size / stride) per side."""
+    return (-(-int(size[0]) // stride), -(-int(size[1]) // stride))

@@ -30,7 +30,7 @@ from backbones.errors import UnknownNameError, UnsupportedOptionError, WeightsEr
 from backbones.features import FeatureLevel, resolve_out_indices
 from backbones.namespace import SEPARATOR, Namespace, close_matches
 from backbones.options import BackboneOptions, option_specs
-from backbones.weights.config import set_attributes
+from backbones.weights.config import channel_stats, set_attributes
 from backbones.weights.loading import LoadReport
 from backbones.weights.sources import resolve_source
 from backbones.zoo.extractor import (
@@ -190,6 +190,7 @@ def _build(arch: str, tag: str, options: BackboneOptions) -> nn.Module:
 
     neck = None
     out_indices: tuple[int, ...] = returned
+    deepest = levels[returned[-1]].reduction
     if options.pyramid:
         neck, levels, out_indices = _pyramid(arch, levels, returned, options)
     model = ZooBackbone(
@@ -198,7 +199,7 @@ def _build(arch: str, tag: str, options: BackboneOptions) -> nn.Module:
         out_indices,
         nhwc=run.nhwc,
         in_chans=options.in_chans,
-        probe_input_size=_probe_size(run.size, options.pyramid),
+        probe_input_size=_probe_size(run.size, options.pyramid, deepest),
         frozen=frozen,
         owners=owners,
         frozen_stages=options.frozen_stages,
@@ -207,6 +208,8 @@ def _build(arch: str, tag: str, options: BackboneOptions) -> nn.Module:
         neck=neck,
         metadata_fixes=fixes,
     )
+    if options.in_chans != 3:
+        cfg.update(_cfg_for_in_chans(cfg, options.in_chans))
     cfg.update(options.pretrained_cfg_overlay or {})
     set_attributes(model, pretrained_cfg=cfg)
     if source:
@@ -215,10 +218,26 @@ def _build(arch: str, tag: str, options: BackboneOptions) -> nn.Module:
     return model
 
 
-def _probe_size(size: tuple[int, int], pyramid: str | None) -> tuple[int, int]:
+def _cfg_for_in_chans(cfg: dict[str, Any], in_chans: int) -> dict[str, Any]:
+    """timm's cfg describes 3-channel input; the transforms must make ``in_chans``."""
+    out: dict[str, Any] = {}
+    if cfg.get("input_size"):
+        out["input_size"] = (in_chans, *tuple(cfg["input_size"])[1:])
+    if cfg.get("mean") and cfg.get("std"):
+        out["mean"], out["std"] = channel_stats(cfg["mean"], cfg["std"], in_chans, None)
+    return out
+
+
+def _probe_size(size: tuple[int, int], pyramid: str | None, stride: int) -> tuple[int, int]:
+    """The measured size, or for a pyramid the first multiple of the patch from 64 px on
+    (its stride-32 level then has two cells or more)."""
     if not pyramid:
         return size
-    return (max(size[0], 64), max(size[1], 64)) if size[0] % 64 or size[1] % 64 else size
+    return (_at_least(size[0], 64, stride), _at_least(size[1], 64, stride))
+
+
+def _at_least(side: int, minimum: int, stride: int) -> int:
+    return side if side >= minimum else stride * -(-minimum // stride)
 
 
 def _create(
@@ -249,9 +268,10 @@ def _create(
                 ) from None
             raise
         except (IndexError, AssertionError, ValueError) as err:
+            _raise_for_refused_option(arch, family, kwargs)
             if "out_indices" in kwargs and not options.pyramid:
                 _raise_for_out_indices(model_name, options)
-            raise ValueError(f"timm.create_model({model_name!r}) failed: {err}") from err
+            raise ValueError(f"timm.create_model({model_name!r}) failed: {err!r}") from err
         except OSError as err:  # a hub file that is neither cached nor reachable
             raise WeightsError(
                 f"timm could not fetch the weights of {model_name!r}: {type(err).__name__}: "
@@ -263,6 +283,24 @@ def _create(
 
 def _is_weights_error(err: Exception) -> bool:
     return bool(re.search(r"state_dict|Missing key|Unexpected key|size mismatch", str(err)))
+
+
+def _raise_for_refused_option(arch: str, family: str, kwargs: dict[str, Any]) -> None:
+    """Raise UnsupportedOptionError if timm builds the model without an option it refused
+    (DLA, HRNet, VGG... ``assert output_stride == 32``); return if not."""
+    import timm
+
+    plain = {k: v for k, v in kwargs.items() if k in ("in_chans", "out_indices")}
+    for option in ("output_stride", "drop_path_rate", "in_chans"):
+        if option not in kwargs:
+            continue
+        without = {k: v for k, v in plain.items() if k != option}
+        try:
+            with torch.device("meta"):
+                timm.create_model(arch, features_only=True, **without)
+        except Exception:  # not this option: try the next
+            continue
+        raise _unsupported(family, option, kwargs[option]) from None
 
 
 def _raise_for_out_indices(model_name: str, options: BackboneOptions) -> None:
@@ -300,11 +338,11 @@ def _frozen(
     frozen_stages: int,
     returned: tuple[int, ...],
 ) -> tuple[list[str], list[str]]:
-    if frozen_stages < 0:
-        return [], []
     names = [find_module(body, lv.module) for lv in stages]
     built = [n for n in names if n is not None and n in spans]
     check_frozen_stages(frozen_stages, len(built), [lv.module for lv in stages], returned)
+    if frozen_stages < 0:
+        return [], []
     if not built:
         raise ValueError("frozen_stages: no stage module of this network could be found")
     return frozen_module_names(body, spans, built, frozen_stages)

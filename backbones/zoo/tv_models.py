@@ -557,8 +557,6 @@ def _frozen(
     The extractor calls leaf modules directly, so a level's container (``layer1``) never
     runs itself: its span is that of the modules inside it.
     """
-    if frozen_stages < 0:
-        return [], []
     stages = [lv for lv in levels if lv.reduction >= STEM_STRIDE]
     spans = dict(spans)
     built = []
