@@ -220,6 +220,19 @@ FREEZING = {
         "body.model.blocks.2.",
     ),
     "swin_tiny": (SWIN, 1, ("body.patch_embed.", "body.layers_0."), "body.layers_1."),
+    # stages are ModuleLists, which never run themselves; the class tokens are the model's
+    "coat_lite_mini": (
+        "timm/coat_lite_mini",
+        1,
+        (
+            "body.model.cls_token",
+            "body.model.patch_embed1.",
+            "body.model.cpe1.",
+            "body.model.crpe1.",
+            "body.model.serial_blocks1.",
+        ),
+        "body.model.serial_blocks2.",
+    ),
 }
 
 
@@ -243,7 +256,7 @@ def test_frozen_stages_hold_weights_and_statistics_through_a_training_step(
     assert all(m.training for n, m in modules.items() if f"{n}.".startswith(trained))
 
     before = {k: v.clone() for k, v in backbone.state_dict().items()}
-    _sgd_step(backbone, _inputs())
+    _sgd_step(backbone, _inputs(*backbone.probe_input_size))  # CoaT takes 224 px only
     after = backbone.state_dict()
     still = [k for k in before if k.startswith(frozen)]  # running statistics included
     assert still and all(torch.equal(before[k], after[k]) for k in still)
@@ -564,6 +577,7 @@ COMPILED = {
     "convnext_atto": ("timm/convnext_atto", {}),
     "convnext_atto-dict": ("timm/convnext_atto", {"return_dict": True, "out_indices": (1, 3)}),
     "swin-nhwc": (SWIN, {}),
+    "levit-typed-union": ("timm/levit_128s", {}),  # timm types its forward as a Union
     "tv-resnet18": ("tv/resnet18", {"frozen_stages": 1}),
 }
 

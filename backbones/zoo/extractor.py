@@ -29,7 +29,15 @@ from torch import Tensor, nn
 from backbones.errors import BackboneContractError
 from backbones.features import FeatureInfo, FeatureLevel
 
-__all__ = ["Measured", "ZooBackbone", "check_frozen_stages", "find_module", "is_norm", "measure"]
+__all__ = [
+    "Measured",
+    "ZooBackbone",
+    "check_frozen_stages",
+    "find_module",
+    "is_norm",
+    "measure",
+    "span_of",
+]
 
 STEM_STRIDE = 4
 """Levels of a smaller stride (timm's stride-2 level 0) belong to the stem."""
@@ -191,6 +199,18 @@ def _stride(size: int, out: int, claim: int) -> int:
     return 0
 
 
+def span_of(name: str, spans: dict[str, tuple[int, int]]) -> tuple[int, int] | None:
+    """When module ``name`` ran: its own span, or (a ModuleList, a container a wrapper
+    never calls itself) from the first of its modules to run to the last; None if none ran.
+    """
+    if name in spans:
+        return spans[name]
+    inside = [s for n, s in spans.items() if n.startswith(name + ".")]
+    if not inside:
+        return None
+    return min(s[0] for s in inside), max(s[1] for s in inside)
+
+
 def check_frozen_stages(
     frozen_stages: int, built: int, stages: Sequence[str], returned: Sequence[int]
 ) -> None:
@@ -333,9 +353,11 @@ class ZooBackbone(nn.Module):
         if torch.jit.isinstance(out, dict[str, Tensor]):
             for fmap in out.values():
                 maps.append(fmap)
-        else:
+        elif torch.jit.isinstance(out, list[Tensor]):
             for fmap in out:
                 maps.append(fmap)
+        elif not torch.jit.is_scripting():  # a tuple
+            maps = list(out)
         for i, nhwc in enumerate(self._nhwc):
             if nhwc:
                 maps[i] = maps[i].permute(0, 3, 1, 2)

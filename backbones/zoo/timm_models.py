@@ -42,6 +42,7 @@ from backbones.zoo.extractor import (
     measure,
     measured_levels,
     sizes_to_try,
+    span_of,
 )
 from backbones.zoo.pyramid import SimpleFeaturePyramid
 
@@ -338,8 +339,14 @@ def _frozen(
     frozen_stages: int,
     returned: tuple[int, ...],
 ) -> tuple[list[str], list[str]]:
-    names = [find_module(body, lv.module) for lv in stages]
-    built = [n for n in names if n is not None and n in spans]
+    spans = dict(spans)
+    built = []
+    for level in stages:
+        name = find_module(body, level.module)
+        span = span_of(name, spans) if name is not None else None
+        if name is not None and span is not None:
+            spans[name] = span
+            built.append(name)
     check_frozen_stages(frozen_stages, len(built), [lv.module for lv in stages], returned)
     if frozen_stages < 0:
         return [], []

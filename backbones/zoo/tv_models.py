@@ -97,6 +97,7 @@ from backbones.zoo.extractor import (
     frozen_module_names,
     measure,
     measured_levels,
+    span_of,
 )
 
 __all__ = ["NAMESPACE", "TV", "TokenMaps"]
@@ -562,9 +563,9 @@ def _frozen(
     built = []
     for level in stages:
         node = prefix + level.module
-        inside = [s for n, s in spans.items() if n == node or n.startswith(node + ".")]
-        if inside:
-            spans[node] = (min(s[0] for s in inside), max(s[1] for s in inside))
+        span = span_of(node, spans)
+        if span is not None:
+            spans[node] = span
             built.append(node)
     check_frozen_stages(frozen_stages, len(built), [lv.module for lv in stages], returned)
     return frozen_module_names(body, spans, built, frozen_stages)
