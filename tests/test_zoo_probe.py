@@ -162,10 +162,10 @@ def test_resume_keeps_the_rows_and_probes_only_the_missing_names(sample: ProbeRu
 
 
 # -- isolation and failures ----------------------------------------------------------------
-def test_a_model_over_the_time_limit_is_killed_and_fails_with_timeout(tmp_path: Path):
+def test_a_model_over_the_time_limit_is_killed_and_says_timeout(tmp_path: Path):
     run = probe_backbones(["timm/resnet18"], out=tmp_path, timeout_s=0.01, checks=[])
     (row,) = run.rows
-    assert (row.status, row.family) == ("fail", "resnet")
+    assert (row.status, row.family) == ("timeout", "resnet")
     assert row.reason == "timeout: still running after 0.01 s"
 
 
@@ -175,9 +175,9 @@ def test_a_timeout_during_a_check_keeps_what_was_measured():
 
     partial = ProbeRow("timm/x", family="x", status="ok", strides=(8, 16), contract="yes")
     child = _Child("timm/x", process=None, start=0.0, partial=partial, running_check="export")  # type: ignore[arg-type]
-    row = child.lost("timeout: still running after 90 s", 90.04)
+    row = child.lost("timeout: still running after 90 s", 90.04, "timeout")
     assert (row.status, row.reason) == (
-        "fail",
+        "timeout",
         "timeout: still running after 90 s (in the export check)",
     )
     assert (row.strides, row.contract, row.seconds) == ((8, 16), "yes", 90.0)
@@ -237,7 +237,7 @@ def test_the_probe_command_writes_the_tables_to_out_and_prints_the_summary(
     out = capsys.readouterr().out
     assert status == 0
     assert "[1/1] timm/convnext_atto: ok" in out
-    assert "1 models: ok 1, fail 0, skipped 0, no_features 0" in out
+    assert "1 models: ok 1, fail 0, timeout 0, skipped 0, no_features 0" in out
     (row,) = read_table(tmp_path / "one.csv")
     assert (row.status, row.input_size, row.contract, row.in_chans) == (
         "ok",

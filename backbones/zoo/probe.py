@@ -69,10 +69,11 @@ __all__ = [
     "read_table",
 ]
 
-OK, FAIL, SKIPPED, NO_FEATURES = "ok", "fail", "skipped", "no_features"
-STATUSES = (OK, FAIL, SKIPPED, NO_FEATURES)
-"""A row's ``status``: built; failed (``reason`` says why); not built (too large);
-the model exists but cannot return features."""
+OK, FAIL, TIMEOUT, SKIPPED, NO_FEATURES = "ok", "fail", "timeout", "skipped", "no_features"
+STATUSES = (OK, FAIL, TIMEOUT, SKIPPED, NO_FEATURES)
+"""A row's ``status``: built and checked; failed (``reason`` says why); still running
+at the time limit (what it had measured is kept, ``reason`` names the check it was in);
+not built (too large); the model exists but cannot return features."""
 
 YES, NO, NOT_APPLICABLE, NOT_RUN = "yes", "no", "n/a", "not run"
 ANSWERS = (YES, NO, NOT_APPLICABLE, NOT_RUN)
@@ -840,7 +841,9 @@ def _run_children(
                 row = _receive(conn, child, seconds) if conn in ready else None
                 if row is None and seconds >= timeout_s:
                     child.process.kill()
-                    row = child.lost(f"timeout: still running after {timeout_s:g} s", seconds)
+                    row = child.lost(
+                        f"timeout: still running after {timeout_s:g} s", seconds, TIMEOUT
+                    )
                 if row is None:
                     continue
                 _end(child.process)
@@ -864,13 +867,13 @@ class _Child:
     partial: ProbeRow | None = None
     running_check: str = ""
 
-    def lost(self, reason: str, seconds: float) -> ProbeRow:
-        """The row of a child that gave no final one: what it reported, failed."""
+    def lost(self, reason: str, seconds: float, status: str = FAIL) -> ProbeRow:
+        """The row of a child that gave no final one: what it reported, with ``status``."""
         if self.partial is None:
-            return _lost(self.name, reason, seconds)
+            return _lost(self.name, reason, seconds, status)
         where = f" (in the {self.running_check} check)" if self.running_check else ""
         return replace(
-            self.partial, status=FAIL, reason=f"{reason}{where}", seconds=round(seconds, 1)
+            self.partial, status=status, reason=f"{reason}{where}", seconds=round(seconds, 1)
         )
 
 
@@ -899,13 +902,13 @@ def _exit_text(code: int | None) -> str:
     return f"the process was killed by {name}{hint}"
 
 
-def _lost(name: str, reason: str, seconds: float) -> ProbeRow:
+def _lost(name: str, reason: str, seconds: float, status: str = FAIL) -> ProbeRow:
     """The row of a model whose child gave none: its family looked up here, cheaply."""
     try:
         family = _family(name, backbone_entry(name).family)
     except Exception:
         family = ""
-    return ProbeRow(name, family=family, status=FAIL, reason=reason, seconds=round(seconds, 1))
+    return ProbeRow(name, family=family, status=status, reason=reason, seconds=round(seconds, 1))
 
 
 def _end(process: BaseProcess) -> None:
@@ -970,7 +973,7 @@ def format_summary(rows: Iterable[ProbeRow]) -> str:
 
     Example:
         >>> print(format_summary([ProbeRow("a", status="ok", contract="yes")]))
-        1 models: ok 1, fail 0, skipped 0, no_features 0
+        1 models: ok 1, fail 0, timeout 0, skipped 0, no_features 0
         check              yes     no    n/a  not run
         contract             1      0      0        0
         output_stride        0      0      1        0
@@ -1022,7 +1025,8 @@ def _markdown(title: str, runs: Sequence[dict[str, Any]], rows: Sequence[ProbeRo
             )
     lines += [
         "",
-        "Columns: `status` ok / fail / skipped (too large to build here) / no_features (the "
+        "Columns: `status` ok / fail / timeout (still running at the time limit; what it "
+        "had measured is kept) / skipped (too large to build here) / no_features (the "
         "model cannot return features); `contract`: `feature_info` matches the forward; "
         "`fixes`: claims of the library's metadata the forward contradicted; `NHWC`: maps "
         "permuted from channels-last; one column per check: `output_stride=16`, "
