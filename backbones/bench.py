@@ -7,7 +7,10 @@ machine's speed hits both alike. Reported figures are medians over rounds.
 This module measures; it asserts nothing about speed.
 """
 
+import json
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -16,11 +19,12 @@ from typing import cast
 import torch
 from torch import nn
 
+from backbones.catalog import backbone_entry
 from backbones.factory import create_backbone
 from backbones.features import FeatureInfo
 from backbones.inference import optimize_for_inference
 
-__all__ = ["BenchResult", "benchmark"]
+__all__ = ["BenchResult", "StartupResult", "benchmark", "startup"]
 
 
 OURS = "backbones"
@@ -168,3 +172,98 @@ def _time_once(model: Callable[[torch.Tensor], object] | nn.Module, x: torch.Ten
     start = time.perf_counter()
     model(x)
     return time.perf_counter() - start
+
+
+# -- the first create in a fresh process ---------------------------------------------------
+_STARTUP_CHILD = """
+import json, sys, time
+import torch
+start = time.perf_counter()
+if sys.argv[1] == "timm":
+    import timm
+    timm.create_model(sys.argv[2], features_only=True)
+else:
+    import backbones
+    backbones.create_backbone(sys.argv[2])
+print(json.dumps(time.perf_counter() - start))
+"""
+
+
+@dataclass(frozen=True)
+class StartupResult:
+    """Seconds from after ``import torch`` to a built model, in fresh processes.
+
+    Attributes:
+        name: the backbone; ``arch`` timm's model of it.
+        rounds: fresh processes per contender, alternating.
+        seconds: per contender, the median.
+        ratio: the median over rounds of (our seconds / timm's seconds); below 1.10
+            means within 10% of timm.
+    """
+
+    name: str
+    arch: str
+    rounds: int
+    seconds: dict[str, float]
+    ratio: float
+
+    def table(self) -> str:
+        """The result as a small text table."""
+        rows = {
+            f"backbones.create_backbone({self.name!r})": self.seconds[OURS],
+            f"timm.create_model({self.arch!r}, features_only=True)": self.seconds[TIMM],
+        }
+        width = max(len(label) for label in rows) + 2
+        return "\n".join(
+            [
+                f"{self.name}: first create in a fresh process (after import torch), "
+                f"{self.rounds} alternating rounds",
+                f"  {'contender':<{width}}{'seconds':>9}",
+                *(f"  {label:<{width}}{seconds:>9.3f}" for label, seconds in rows.items()),
+                f"  ratio (backbones / timm seconds): {self.ratio:.3f}",
+            ]
+        )
+
+
+def startup(name: str, *, rounds: int = 5) -> StartupResult:
+    """Time the first ``create_backbone(name)`` in a fresh process against timm's first
+    ``create_model(..., features_only=True)``, each from after ``import torch``.
+
+    Args:
+        name: a ``timm/`` name, or a backbone timm also defines.
+        rounds: fresh processes per contender; they alternate, and the order flips.
+
+    Raises:
+        ValueError: ``rounds`` is not positive.
+        UnknownNameError: ``name`` is not a backbone.
+        RuntimeError: timm has no model of that name, or a child process failed (its
+            error output is in the message).
+    """
+    import timm
+
+    if rounds < 1:
+        raise ValueError(f"rounds must be at least 1, got {rounds}")
+    backbone_entry(name)  # an unknown name: the lookup's error, with suggestions
+    arch = name.removeprefix("timm/")
+    if not timm.is_model(arch):
+        raise RuntimeError(f"timm defines no model {arch!r} to compare with")
+    runs: dict[str, list[float]] = {OURS: [], TIMM: []}
+    for i in range(rounds):
+        order = [(OURS, name), (TIMM, arch)]
+        for label, model in order if i % 2 == 0 else order[::-1]:
+            child = subprocess.run(
+                [sys.executable, "-c", _STARTUP_CHILD, "timm" if label == TIMM else "ours", model],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            if child.returncode != 0:
+                raise RuntimeError(f"the {label} process failed: {child.stderr.strip()[-2000:]}")
+            runs[label].append(float(json.loads(child.stdout.strip().splitlines()[-1])))
+    return StartupResult(
+        name=name,
+        arch=arch,
+        rounds=rounds,
+        seconds={label: statistics.median(t) for label, t in runs.items()},
+        ratio=statistics.median(o / t for o, t in zip(runs[OURS], runs[TIMM], strict=True)),
+    )

@@ -24,7 +24,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
-from backbones.bench import benchmark
+from backbones.bench import benchmark, startup
 from backbones.catalog import (
     BACKBONES,
     BLOCKS,
@@ -138,6 +138,9 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
+    if args.startup:
+        print(startup(args.name, rounds=args.rounds).table())
+        return 0
     result = benchmark(
         args.name,
         batch_size=args.batch_size,
@@ -342,6 +345,12 @@ def _parser() -> argparse.ArgumentParser:
         "--optimized",
         action="store_true",
         help="also time optimize_for_inference (BatchNorm folded, channels_last) (default: off)",
+    )
+    p_bench.add_argument(
+        "--startup",
+        action="store_true",
+        help="time instead the first create in fresh processes (after import torch) against "
+        "timm's create_model(..., features_only=True), --rounds processes each (default: off)",
     )
     p_bench.set_defaults(run=_cmd_bench, parser=p_bench)
 

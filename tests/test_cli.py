@@ -114,6 +114,34 @@ def test_bench_unknown_name_exits_2_with_a_suggestion(capsys: pytest.CaptureFixt
     assert "unknown backbone 'resnt18'; did you mean 'resnet18'," in err
 
 
+def test_bench_startup_times_the_first_create_in_fresh_processes(
+    capsys: pytest.CaptureFixture[str],
+):
+    assert main(["bench", "timm/resnet10t", "--startup", "--rounds", "1"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(
+        "timm/resnet10t: first create in a fresh process (after import torch), "
+        "1 alternating rounds\n"
+    )
+    ours = re.search(r"backbones.create_backbone\('timm/resnet10t'\)\s+(\d+\.\d{3})\n", out)
+    ref = re.search(r"timm.create_model\('resnet10t', features_only=True\)\s+(\d+\.\d{3})\n", out)
+    ratio = re.search(r"ratio \(backbones / timm seconds\): (\d+\.\d{3})", out)
+    assert ours and ref and ratio
+    assert float(ours.group(1)) > 0 and float(ref.group(1)) > 0
+    assert float(ratio.group(1)) == pytest.approx(
+        float(ours.group(1)) / float(ref.group(1)), rel=0.01, abs=0.002
+    )
+
+
+def test_bench_startup_refuses_an_unknown_name_before_starting_processes(
+    capsys: pytest.CaptureFixture[str],
+):
+    assert main(["bench", "timm/resnet10", "--startup"]) == 2
+    assert "unknown backbone 'timm/resnet10'; did you mean 'timm/resnet10t'" in (
+        capsys.readouterr().err
+    )
+
+
 def test_bench_rejects_a_zero_batch(capsys: pytest.CaptureFixture[str]):
     assert main(["bench", "resnet18", "--batch-size", "0"]) == 2
     assert "batch_size must be at least 1, got 0" in capsys.readouterr().err
