@@ -135,3 +135,21 @@ def test_detection_example_learns(tmp_path: Path, shapes: ModuleType) -> None:
             dashes = ((row == 0).all(1) | (row == 255).all(1)).float().mean().item()
             best = max(best, dashes)
         assert best > 0.9, (x1, y1, x2, best)
+
+
+def test_detection_example_runs_on_a_zoo_backbone(tmp_path: Path) -> None:
+    detection = _load("detection")
+    result = detection.main(
+        [
+            "--backbone", "timm/convnext_atto",
+            "--steps", "2",
+            "--batch-size", "2",
+            "--image-size", "64",
+            "--val-images", "2",
+            "--out", str(tmp_path / "det.png"),
+            "--quiet",
+        ]
+    )  # fmt: skip
+    assert len(result["losses"]) == 2 and all(torch.isfinite(torch.tensor(result["losses"])))
+    assert 0.0 <= result["map50_after"] <= 1.0
+    assert (tmp_path / "det.png").is_file()
