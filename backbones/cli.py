@@ -192,6 +192,7 @@ def _cmd_probe(args: argparse.Namespace) -> int:
         *("--timeout", f"{args.timeout:g}", "--checks", args.checks),
         *("--jobs", str(args.jobs), "--threads", str(args.threads)),
         *(["--resume"] if args.resume else []),
+        *(["--fill"] if args.fill else []),
     ]
     command = shlex.join(["python", "-m", "backbones", "probe", *args.patterns, *flags])
     run = probe_backbones(
@@ -205,6 +206,7 @@ def _cmd_probe(args: argparse.Namespace) -> int:
         jobs=args.jobs,
         threads=args.threads,
         resume=args.resume,
+        fill=args.fill,
         command=command,
         progress=progress,
     )
@@ -449,6 +451,12 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="keep the rows of an existing CSV and probe only the models it lacks "
         "(default: start over)",
+    )
+    p_probe.add_argument(
+        "--fill",
+        action="store_true",
+        help="as --resume, and run the --checks that kept rows answered 'not run' "
+        "(e.g. --checks script,export after a first pass without them) (default: off)",
     )
     p_probe.set_defaults(run=_cmd_probe, parser=p_probe)
     return parser

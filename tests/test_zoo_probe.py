@@ -161,6 +161,47 @@ def test_resume_keeps_the_rows_and_probes_only_the_missing_names(sample: ProbeRu
     assert len(json.loads(run.meta.read_text())["runs"]) == 2
 
 
+def test_fill_runs_only_the_checks_a_kept_row_has_not_run(sample: ProbeRun, tmp_path: Path):
+    shutil.copy(sample.csv, tmp_path / "sample.csv")
+    shutil.copy(sample.meta, tmp_path / "sample.meta.json")
+    run = probe_backbones(
+        ["timm/convnext_atto", "timm/resnet50"],  # resnet50: skipped, so nothing to fill
+        out=tmp_path,
+        table="sample",
+        max_params_m=LIMIT_M,
+        checks=["contract", "script", "export"],  # contract has run: not again
+        fill=True,
+    )
+    assert run.probed == ("timm/convnext_atto",)
+    before, after = _row(sample, "timm/convnext_atto"), _row(run, "timm/convnext_atto")
+    assert (after.script, after.export) == ("yes", "yes")
+    assert {c: getattr(after, c) for c in CHEAP_CHECKS} == {
+        c: getattr(before, c) for c in CHEAP_CHECKS
+    }
+    assert after.seconds > before.seconds
+    assert [r for r in run.rows if r.name != "timm/convnext_atto"] == [
+        r for r in sample.rows if r.name != "timm/convnext_atto"
+    ]
+    assert len(json.loads(run.meta.read_text())["runs"]) == 2
+
+
+def test_merging_a_fill_row_keeps_the_other_checks_and_their_notes():
+    from backbones.zoo.probe import _merged
+
+    old = ProbeRow(
+        "timm/x", status="ok", contract="yes", in_chans="no", script="not run",
+        export="not run", notes=("in_chans: ValueError: no",), seconds=2.0,
+    )  # fmt: skip
+    new = ProbeRow(
+        "timm/x", status="ok", contract="not run", in_chans="not run", script="no",
+        export="yes", notes=("script: RuntimeError: getattr",), seconds=1.5,
+    )  # fmt: skip
+    row = _merged(old, new)
+    assert (row.contract, row.in_chans, row.script, row.export) == ("yes", "no", "no", "yes")
+    assert row.notes == ("in_chans: ValueError: no", "script: RuntimeError: getattr")
+    assert row.seconds == 3.5
+
+
 # -- isolation and failures ----------------------------------------------------------------
 def test_a_model_over_the_time_limit_is_killed_and_says_timeout(tmp_path: Path):
     run = probe_backbones(["timm/resnet18"], out=tmp_path, timeout_s=0.01, checks=[])

@@ -624,6 +624,7 @@ def probe_backbones(
     jobs: int = 1,
     threads: int = 1,
     resume: bool = False,
+    fill: bool = False,
     command: str = "",
     progress: Callable[[int, int, ProbeRow], None] | None = None,
 ) -> ProbeRun:
@@ -650,6 +651,9 @@ def probe_backbones(
         resume: keep the rows of an existing CSV and probe only the names it lacks.
             Without it the table is made anew, except for the rows of models the
             namespace no longer lists because that table marks them ``no_features``.
+        fill: as ``resume``, and also run the ``checks`` that a kept ``ok`` row answered
+            ``not run`` (a first pass with the cheap checks, then ``script,export``);
+            only those checks run again, and the row keeps its other answers.
         command: how the run was started, for the tables' header.
         progress: called after each model with (number done, number to do, row).
 
@@ -684,8 +688,15 @@ def probe_backbones(
         "threads": threads,
     }
     existing = {r.name: r for r in read_table(csv_path)} if csv_path.is_file() else {}
-    if resume:
-        rows = dict(existing)
+    filling: dict[str, ProbeRow] = {}
+    if fill:
+        filling = {
+            n: r
+            for n, r in existing.items()
+            if n in names and r.status == OK and any(getattr(r, c) == NOT_RUN for c in wanted)
+        }
+    if resume or fill:
+        rows = {n: r for n, r in existing.items() if n not in filling}
     else:  # the namespace may hide the models its table marks no_features: keep those rows
         rows = {
             n: r
@@ -695,6 +706,9 @@ def probe_backbones(
             and any(fnmatch.fnmatchcase(n, p) for p in pattern_list)
         }
     todo = [n for n in names if n not in rows]
+    checks_for = {
+        n: tuple(c for c in wanted if getattr(r, c) == NOT_RUN) for n, r in filling.items()
+    }
     run_meta = {
         "started": _now(),
         "command": command or f"probe_backbones({pattern_list!r})",
@@ -703,7 +717,7 @@ def probe_backbones(
         "settings": settings,
         "to_probe": len(todo),
     }
-    history = _read_meta(meta_path).get("runs", []) if resume else []
+    history = _read_meta(meta_path).get("runs", []) if resume or fill else []
     writer = _Writer(csv_path, md_path, meta_path, name, pattern_list, [*history, run_meta])
     writer.write(rows, final=True)
 
@@ -712,6 +726,8 @@ def probe_backbones(
     def on_row(row: ProbeRow) -> None:
         nonlocal done
         done += 1
+        if row.name in filling:
+            row = _merged(filling[row.name], row)
         rows[row.name] = row
         writer.write(rows)
         if progress is not None:
@@ -725,10 +741,13 @@ def probe_backbones(
             max_params_m=max_params_m,
             timeout_s=timeout_s,
             checks=wanted,
+            checks_for=checks_for,
             jobs=jobs,
             threads=threads,
         )
     finally:
+        for name, row in filling.items():  # interrupted: keep what the table had
+            rows.setdefault(name, row)
         run_meta["finished"] = _now()
         run_meta["probed"] = done
         writer.write(rows, final=True)
@@ -739,6 +758,16 @@ def probe_backbones(
         md_path,
         meta_path,
         settings,
+    )
+
+
+def _merged(old: ProbeRow, new: ProbeRow) -> ProbeRow:
+    """``new`` (a fill pass's row) with the answers and notes of ``old`` for the checks
+    the pass did not run, and both passes' time."""
+    kept = {c: getattr(old, c) for c in CHECKS if getattr(new, c) == NOT_RUN}
+    notes = tuple(n for n in old.notes if n.partition(":")[0] in kept)
+    return replace(
+        new, **kept, notes=(*notes, *new.notes), seconds=round(old.seconds + new.seconds, 1)
     )
 
 
@@ -804,8 +833,10 @@ def _run_children(
     checks: tuple[str, ...],
     jobs: int,
     threads: int,
+    checks_for: dict[str, tuple[str, ...]] | None = None,
 ) -> None:
-    """Probe each name in a child process, ``jobs`` at a time, ``timeout_s`` each."""
+    """Probe each name in a child process, ``jobs`` at a time, ``timeout_s`` each, running
+    ``checks`` (or the name's own in ``checks_for``)."""
     if not names:
         return
     # Resolve a name of each namespace here, so the library it imports (timm) is
@@ -828,8 +859,9 @@ def _run_children(
             while todo and len(running) < jobs:
                 name = todo.popleft()
                 receiver, sender = context.Pipe(duplex=False)
+                own = {**settings, "checks": (checks_for or {}).get(name, checks)}
                 process = context.Process(  # type: ignore[attr-defined]
-                    target=_child, args=(name, settings, sender), daemon=True
+                    target=_child, args=(name, own, sender), daemon=True
                 )
                 process.start()
                 sender.close()  # the child holds it: its death shows as end of file
