@@ -155,7 +155,9 @@ def check_backbone(
 ) -> None:
     """Check a freshly built backbone against the contract, naming its factory on failure.
 
-    The forward is run once, in eval mode and without gradients, on a zero image twice
+    A backbone whose ``feature_info_measured`` is True made its ``feature_info`` from its
+    own forward when it was built (a zoo extractor without a neck) and is not run again.
+    Otherwise the forward is run once, in eval mode and without gradients, on a zero image twice
     the deepest level's stride (2x2 maps there), or of the ``probe_input_size``
     (height, width) the backbone declares when it takes only some sizes; every module's
     training flag is restored afterwards, so nothing about the model changes.
@@ -180,6 +182,8 @@ def check_backbone(
             f"returned a {type(model).__name__} whose feature_info is a "
             f"{type(info).__name__}, not a FeatureInfo"
         )
+    elif getattr(model, "feature_info_measured", False) is True:
+        problem = ""  # read off a forward when it was built (a zoo extractor): no second run
     else:
         problem = _forward_problem(model, info, options)
     if problem:

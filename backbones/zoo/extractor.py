@@ -280,6 +280,11 @@ class ZooBackbone(nn.Module):
         neck: optional module taking the NCHW maps and returning the final list
             (the simple pyramid); its levels are then ``levels``.
         metadata_fixes: where the library's metadata differed from the run.
+
+    Attributes:
+        feature_info_measured: True without a neck: every level of ``feature_info`` is
+            what the build-time run returned, so the factory's contract check does not
+            run the network a second time.
     """
 
     def __init__(
@@ -310,6 +315,8 @@ class ZooBackbone(nn.Module):
         self.return_dict = return_dict
         self.metadata_fixes = list(metadata_fixes)
         self._nhwc = [bool(v) for v in nhwc]
+        # feature_info was read off the extractor's forward; a neck's levels were not
+        self.feature_info_measured = neck is None
         self._names = self.feature_info.module_name()
         modules = dict(body.named_modules())
         self._frozen = [modules[n] for n in frozen]
