@@ -286,6 +286,21 @@ def test_frozen_stages_below_minus_one_is_refused_naming_the_range():
         create_backbone("timm/convnext_atto", frozen_stages=-2)
 
 
+def test_find_module_reads_timms_module_paths_in_its_wrappers():
+    from backbones.zoo.extractor import find_module
+
+    stages = nn.Sequential(nn.Conv2d(1, 1, 1), nn.Sequential(nn.Conv2d(1, 1, 1)))
+    flat = nn.Module()
+    flat.stages_1 = stages[1]  # timm's flattened sequential: stages.1 -> stages_1
+    wrapped = nn.Module()
+    wrapped.model = nn.Module()
+    wrapped.model.encoder = nn.Module()
+    wrapped.model.encoder.stages = stages  # relative to an inner module (timm's gemma4)
+    assert find_module(flat, "stages.1.0") == "stages_1.0"
+    assert find_module(wrapped, "stages.1") == "model.encoder.stages.1"
+    assert find_module(wrapped, "block.1") is None  # timm's mvitv2 names a module it lacks
+
+
 # -- norm_eval and return_dict ---------------------------------------------------------------
 @pytest.mark.parametrize("name", ["timm/efficientnet_b0", VIT])
 def test_norm_eval_keeps_every_norm_in_eval_after_train(name):

@@ -54,7 +54,8 @@ def find_module(root: nn.Module, path: str) -> str | None:
     """The name in ``root`` of the module a library calls ``path``, or None.
 
     timm's feature wrappers rename modules: ``stages.0`` becomes ``stages_0`` when they
-    flatten sequentials, and ``model.stages.0`` when they wrap the whole network.
+    flatten sequentials, and ``model.stages.0`` when they wrap the whole network. A path
+    that only one module's name ends with is that module.
     """
     names = dict(root.named_modules())
     parts = path.split(".")
@@ -64,7 +65,9 @@ def find_module(root: nn.Module, path: str) -> str | None:
             candidate += ".".join(parts[cut:])
             if candidate in names:
                 return candidate
-    return None
+    # a path relative to an inner module (timm's gemma4: blocks.13 is encoder.blocks.13)
+    inner = [n for n in names if n.endswith("." + path)]
+    return inner[0] if len(inner) == 1 else None
 
 
 @dataclass(frozen=True)
