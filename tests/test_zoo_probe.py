@@ -185,6 +185,30 @@ def test_fill_runs_only_the_checks_a_kept_row_has_not_run(sample: ProbeRun, tmp_
     assert len(json.loads(run.meta.read_text())["runs"]) == 2
 
 
+def test_an_interrupted_fill_keeps_every_row_of_the_table(sample: ProbeRun, tmp_path: Path):
+    shutil.copy(sample.csv, tmp_path / "sample.csv")
+    shutil.copy(sample.meta, tmp_path / "sample.meta.json")
+
+    def stop(done: int, total: int, row: ProbeRow) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        probe_backbones(
+            ["timm/convnext_atto", "timm/resnet18"],
+            out=tmp_path,
+            table="sample",
+            max_params_m=LIMIT_M,
+            checks=["script"],
+            fill=True,
+            progress=stop,
+        )
+    rows = {r.name: r for r in read_table(tmp_path / "sample.csv")}
+    assert sorted(rows) == sorted(SAMPLE)
+    scripted = [n for n, r in rows.items() if r.script != "not run" and r.status == "ok"]
+    assert scripted == ["timm/convnext_atto"]  # the first one filled; the other as it was
+    assert rows["timm/resnet18"] == _row(sample, "timm/resnet18")
+
+
 def test_merging_a_fill_row_keeps_the_other_checks_and_their_notes():
     from backbones.zoo.probe import _merged
 

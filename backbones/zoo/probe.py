@@ -695,8 +695,8 @@ def probe_backbones(
             for n, r in existing.items()
             if n in names and r.status == OK and any(getattr(r, c) == NOT_RUN for c in wanted)
         }
-    if resume or fill:
-        rows = {n: r for n, r in existing.items() if n not in filling}
+    if resume or fill:  # a row being filled stays as it was until its new one comes
+        rows = dict(existing)
     else:  # the namespace may hide the models its table marks no_features: keep those rows
         rows = {
             n: r
@@ -705,7 +705,7 @@ def probe_backbones(
             and n not in names
             and any(fnmatch.fnmatchcase(n, p) for p in pattern_list)
         }
-    todo = [n for n in names if n not in rows]
+    todo = [n for n in names if n not in rows or n in filling]
     checks_for = {
         n: tuple(c for c in wanted if getattr(r, c) == NOT_RUN) for n, r in filling.items()
     }
@@ -722,10 +722,12 @@ def probe_backbones(
     writer.write(rows, final=True)
 
     done = 0
+    finished: set[str] = set()
 
     def on_row(row: ProbeRow) -> None:
         nonlocal done
         done += 1
+        finished.add(row.name)
         if row.name in filling:
             row = _merged(filling[row.name], row)
         rows[row.name] = row
@@ -746,14 +748,12 @@ def probe_backbones(
             threads=threads,
         )
     finally:
-        for name, row in filling.items():  # interrupted: keep what the table had
-            rows.setdefault(name, row)
         run_meta["finished"] = _now()
         run_meta["probed"] = done
         writer.write(rows, final=True)
     return ProbeRun(
         tuple(rows[n] for n in sorted(rows)),
-        tuple(n for n in todo if n in rows),
+        tuple(n for n in todo if n in finished),
         csv_path,
         md_path,
         meta_path,
