@@ -233,6 +233,14 @@ FREEZING = {
         ),
         "body.model.serial_blocks2.",
     ),
+    # timm's metadata says block.0 for blocks.0; the stage's patch embedding and
+    # position block run before its blocks end, so they go with it
+    "twins_svt_small": (
+        "timm/twins_svt_small",
+        1,
+        ("body.model.patch_embeds.0.", "body.model.blocks.0.", "body.model.pos_block.0."),
+        "body.model.blocks.1.",
+    ),
 }
 
 
@@ -299,6 +307,24 @@ def test_find_module_reads_timms_module_paths_in_its_wrappers():
     assert find_module(flat, "stages.1.0") == "stages_1.0"
     assert find_module(wrapped, "stages.1") == "model.encoder.stages.1"
     assert find_module(wrapped, "block.1") is None  # timm's mvitv2 names a module it lacks
+
+
+def test_find_stage_falls_back_to_the_container_with_one_child_per_level():
+    from backbones.zoo.extractor import find_stage
+
+    def numbered(count: int) -> nn.ModuleList:
+        return nn.ModuleList(nn.Identity() for _ in range(count))
+
+    twins = nn.Module()  # timm: block.0 for blocks.0, next to other per-stage lists
+    twins.patch_embeds, twins.blocks, twins.pos_block = numbered(3), numbered(3), numbered(3)
+    mvit = nn.Module()  # timm: block.0 for stages.0, the only such container
+    mvit.stages, mvit.norms = numbered(3), numbered(2)
+    assert find_stage(twins, "block.2", 3) == "blocks.2"
+    assert find_stage(mvit, "block.0", 3) == "stages.0"
+    assert find_stage(mvit, "block.0", 4) is None  # no container has one child per level
+    ambiguous = nn.Module()
+    ambiguous.first, ambiguous.second = numbered(3), numbered(3)
+    assert find_stage(ambiguous, "layer.1", 3) is None
 
 
 # -- norm_eval and return_dict ---------------------------------------------------------------

@@ -34,6 +34,7 @@ __all__ = [
     "ZooBackbone",
     "check_frozen_stages",
     "find_module",
+    "find_stage",
     "is_norm",
     "measure",
     "span_of",
@@ -68,6 +69,28 @@ def find_module(root: nn.Module, path: str) -> str | None:
     # a path relative to an inner module (timm's gemma4: blocks.13 is encoder.blocks.13)
     inner = [n for n in names if n.endswith("." + path)]
     return inner[0] if len(inner) == 1 else None
+
+
+def find_stage(root: nn.Module, path: str, levels: int) -> str | None:
+    """The module of a network with ``levels`` levels that a library calls ``path``.
+
+    As :func:`find_module`, and where that finds nothing and ``path`` ends in a stage
+    number (timm names ``block.0`` for Twins' ``blocks.0`` and MViTv2's ``stages.0``):
+    that child of the container holding one numbered child per level, the container
+    whose name starts like ``path`` where there are several.
+    """
+    found = find_module(root, path)
+    head, _, number = path.rpartition(".")
+    if found is not None or not number.isdigit():
+        return found
+    containers = []
+    for name, module in root.named_modules():
+        children = [n for n, _ in module.named_children()]
+        if len(children) == levels and all(n.isdigit() for n in children):
+            containers.append(name)
+    alike = [n for n in containers if n.rpartition(".")[2].startswith(head.rstrip("s"))]
+    chosen = alike or containers
+    return f"{chosen[0]}.{number}" if len(chosen) == 1 else None
 
 
 @dataclass(frozen=True)

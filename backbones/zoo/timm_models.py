@@ -37,7 +37,7 @@ from backbones.zoo.extractor import (
     STEM_STRIDE,
     ZooBackbone,
     check_frozen_stages,
-    find_module,
+    find_stage,
     frozen_module_names,
     measure,
     measured_levels,
@@ -187,7 +187,7 @@ def _build(arch: str, tag: str, options: BackboneOptions) -> nn.Module:
     )
     levels, fixes = measured_levels(levels, returned, run)
     stages = [lv for lv in levels if lv.reduction >= STEM_STRIDE]
-    frozen, owners = _frozen(body, run.spans, stages, options.frozen_stages, returned)
+    frozen, owners = _frozen(body, run.spans, stages, options.frozen_stages, returned, len(levels))
 
     neck = None
     out_indices: tuple[int, ...] = returned
@@ -338,11 +338,12 @@ def _frozen(
     stages: list[FeatureLevel],
     frozen_stages: int,
     returned: tuple[int, ...],
+    count: int,
 ) -> tuple[list[str], list[str]]:
     spans = dict(spans)
     built = []
     for level in stages:
-        name = find_module(body, level.module)
+        name = find_stage(body, level.module, count)
         span = span_of(name, spans) if name is not None else None
         if name is not None and span is not None:
             spans[name] = span
