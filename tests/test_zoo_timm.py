@@ -448,6 +448,14 @@ def test_an_unsupported_option_names_every_family_that_has_it():
     assert "resnet" in info.value.families
 
 
+@pytest.mark.filterwarnings("ignore:CSATv2 is designed for 3-channel:UserWarning")
+def test_in_chans_a_network_takes_but_cannot_run_is_an_unsupported_option():
+    with pytest.raises(UnsupportedOptionError, match="in_chans=1 is not supported by the "
+                       "'timm/csatv2' family") as info:  # fmt: skip
+        create_backbone("timm/csatv2", in_chans=1)
+    assert "resnet" in info.value.families and "timm/csatv2" not in info.value.families
+
+
 def test_output_stride_refused_by_an_assertion_in_timm_is_an_unsupported_option():
     with pytest.raises(UnsupportedOptionError, match="output_stride=16"):
         create_backbone("timm/dla46x_c", output_stride=16)

@@ -26,7 +26,12 @@ import torch
 from torch import nn
 
 from backbones.contract import BackboneEntry
-from backbones.errors import UnknownNameError, UnsupportedOptionError, WeightsError
+from backbones.errors import (
+    BackboneContractError,
+    UnknownNameError,
+    UnsupportedOptionError,
+    WeightsError,
+)
 from backbones.features import FeatureLevel, resolve_out_indices
 from backbones.namespace import SEPARATOR, Namespace, close_matches
 from backbones.options import BackboneOptions, option_specs
@@ -176,15 +181,17 @@ def _build(arch: str, tag: str, options: BackboneOptions) -> nn.Module:
 
     cfg = dict(getattr(body, "pretrained_cfg", {}) or {})
     default = cfg.get("input_size")
-    run = measure(
-        body,
-        sizes_to_try(
-            [levels[i].reduction for i in returned],
-            (int(default[1]), int(default[2])) if default else None,
-        ),
-        options.in_chans,
-        [levels[i].num_chs for i in returned],
+    sizes = sizes_to_try(
+        [levels[i].reduction for i in returned],
+        (int(default[1]), int(default[2])) if default else None,
     )
+    claimed = [levels[i].num_chs for i in returned]
+    try:
+        run = measure(body, sizes, options.in_chans, claimed)
+    except BackboneContractError:
+        if options.in_chans != 3 and _runs_with_3_channels(arch, kwargs, sizes, claimed):
+            raise _unsupported(family, "in_chans", options.in_chans) from None
+        raise
     levels, fixes = measured_levels(levels, returned, run)
     stages = [lv for lv in levels if lv.reduction >= STEM_STRIDE]
     frozen, owners = _frozen(body, run.spans, stages, options.frozen_stages, returned, len(levels))
@@ -217,6 +224,21 @@ def _build(arch: str, tag: str, options: BackboneOptions) -> nn.Module:
         report = LoadReport(source, "timm", loaded=sorted(body.state_dict()))
         set_attributes(model, pretrained_report=report)
     return model
+
+
+def _runs_with_3_channels(
+    arch: str, kwargs: dict[str, Any], sizes: list[tuple[int, int]], claimed: list[int]
+) -> bool:
+    """Whether the network runs when built for 3 channels (timm's CSATv2 takes in_chans
+    and then fails on anything else): the failure is then the option's."""
+    import timm
+
+    plain = {k: v for k, v in kwargs.items() if k != "in_chans"}
+    try:
+        measure(timm.create_model(arch, features_only=True, **plain), sizes, 3, claimed)
+    except Exception:  # it fails anyway: not the option's doing
+        return False
+    return True
 
 
 def _cfg_for_in_chans(cfg: dict[str, Any], in_chans: int) -> dict[str, Any]:
