@@ -14,7 +14,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -124,12 +124,17 @@ def benchmark(
     if not timm.is_model(arch):
         raise RuntimeError(f"timm defines no model {arch!r} to compare with")
     levels = tuple(cast(FeatureInfo, ours.feature_info).out_indices)
-    try:  # as the zoo builds it: any input size where timm's model allows it
-        reference = timm.create_model(
-            arch, features_only=True, out_indices=levels, dynamic_img_size=True
-        )
-    except TypeError:
-        reference = timm.create_model(arch, features_only=True, out_indices=levels)
+    reference = None
+    dynamic: dict[str, Any] = {"dynamic_img_size": True, "dynamic_img_pad": True}
+    attempts: list[dict[str, Any]] = [dynamic, {"dynamic_img_size": True}, {}]
+    for attempt in attempts:  # as the zoo builds it
+        try:
+            reference = timm.create_model(arch, features_only=True, out_indices=levels, **attempt)
+        except TypeError:
+            continue
+        break
+    if reference is None:
+        raise RuntimeError(f"timm cannot build {arch!r} with features_only=True")
     reference.eval()
     target = cast(nn.Module, ours.body) if arch != name else ours
     target.load_state_dict(reference.state_dict())  # same numbers through both

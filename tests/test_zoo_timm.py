@@ -461,6 +461,18 @@ def test_output_stride_refused_by_an_assertion_in_timm_is_an_unsupported_option(
         create_backbone("timm/dla46x_c", output_stride=16)
 
 
+@pytest.mark.parametrize("name", [VIT, PATCH14])
+def test_a_vit_gives_ceil_size_over_stride_cells_at_sizes_its_patch_does_not_divide(name):
+    # timm pads the image to a multiple of the patch (dynamic_img_pad), as ViTDet does
+    backbone = create_backbone(name, out_indices=(-1,)).eval()
+    check_feature_contract(backbone, _inputs(100, 72, batch=1))
+    patch = backbone.feature_info.reduction()[-1]
+    assert tuple(backbone(_inputs(100, 72, batch=1))[0].shape[2:]) == (
+        -(-100 // patch),
+        -(-72 // patch),
+    )
+
+
 # -- the simple pyramid ----------------------------------------------------------------------
 def test_simple_pyramid_turns_a_vit_into_strides_4_to_32():
     backbone = create_backbone(VIT, pyramid="simple").eval()

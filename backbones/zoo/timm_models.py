@@ -268,13 +268,17 @@ def _create(
 ) -> nn.Module:
     import timm
 
-    attempts = [{**kwargs, "dynamic_img_size": True}, kwargs]
+    # Any size, and maps of ceil(size / stride) cells as the contract says: a patch
+    # embedding pads the image to a multiple of its patch (as ViTDet pads its input)
+    # where the model can; at sizes the patch divides nothing changes.
+    dynamic = {"dynamic_img_size": True, "dynamic_img_pad": True}
+    attempts = [{**kwargs, **dynamic}, {**kwargs, "dynamic_img_size": True}, kwargs]
     for i, attempt in enumerate(attempts):
         try:
             return timm.create_model(model_name, features_only=True, **attempt)
         except TypeError as err:
             text = str(err)
-            if "dynamic_img_size" in text and i == 0:
+            if "dynamic_img_" in text and i < len(attempts) - 1:
                 continue
             for option in ("output_stride", "drop_path_rate", "in_chans"):
                 if option in text and option in kwargs:
