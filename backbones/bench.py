@@ -14,7 +14,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import cast
 
 import torch
 from torch import nn
@@ -23,6 +23,7 @@ from backbones.catalog import backbone_entry
 from backbones.factory import create_backbone
 from backbones.features import FeatureInfo
 from backbones.inference import optimize_for_inference
+from backbones.zoo.timm_models import SIZING_ATTEMPTS
 
 __all__ = ["BenchResult", "StartupResult", "benchmark", "startup"]
 
@@ -125,9 +126,7 @@ def benchmark(
         raise RuntimeError(f"timm defines no model {arch!r} to compare with")
     levels = tuple(cast(FeatureInfo, ours.feature_info).out_indices)
     reference = None
-    dynamic: dict[str, Any] = {"dynamic_img_size": True, "dynamic_img_pad": True}
-    attempts: list[dict[str, Any]] = [dynamic, {"dynamic_img_size": True}, {}]
-    for attempt in attempts:  # as the zoo builds it
+    for attempt in SIZING_ATTEMPTS:  # as the zoo builds it
         try:
             reference = timm.create_model(arch, features_only=True, out_indices=levels, **attempt)
         except TypeError:

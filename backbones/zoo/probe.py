@@ -721,19 +721,16 @@ def probe_backbones(
     writer = _Writer(csv_path, md_path, meta_path, name, pattern_list, [*history, run_meta])
     writer.write(rows, final=True)
 
-    done = 0
     finished: set[str] = set()
 
     def on_row(row: ProbeRow) -> None:
-        nonlocal done
-        done += 1
         finished.add(row.name)
         if row.name in filling:
             row = _merged(filling[row.name], row)
         rows[row.name] = row
         writer.write(rows)
         if progress is not None:
-            progress(done, len(todo), row)
+            progress(len(finished), len(todo), row)
 
     try:
         _run_children(
@@ -749,7 +746,7 @@ def probe_backbones(
         )
     finally:
         run_meta["finished"] = _now()
-        run_meta["probed"] = done
+        run_meta["probed"] = len(finished)
         writer.write(rows, final=True)
     return ProbeRun(
         tuple(rows[n] for n in sorted(rows)),

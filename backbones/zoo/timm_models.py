@@ -51,7 +51,7 @@ from backbones.zoo.extractor import (
 )
 from backbones.zoo.pyramid import SimpleFeaturePyramid
 
-__all__ = ["NAMESPACE", "TIMM", "ZOO_OPTIONS", "capabilities"]
+__all__ = ["NAMESPACE", "SIZING_ATTEMPTS", "TIMM", "ZOO_OPTIONS", "capabilities"]
 
 NAMESPACE = "timm"
 ZOO_OPTIONS = frozenset(
@@ -67,6 +67,16 @@ ZOO_OPTIONS = frozenset(
     }
 )
 """The build options a zoo model may honour; each is checked on the built model."""
+
+SIZING_ATTEMPTS: tuple[dict[str, Any], ...] = (
+    {"dynamic_img_size": True, "dynamic_img_pad": True},
+    {"dynamic_img_size": True},
+    {},
+)
+"""The size arguments tried in turn when building a timm model, first what the model takes:
+any input size, and maps of ceil(size / stride) cells as the contract says (a patch
+embedding pads the image to a multiple of its patch, as ViTDet pads its input; at sizes
+the patch divides nothing changes)."""
 
 TABLE = Path(__file__).with_name("tables") / "timm.csv"
 """The probe's table for timm's models (``python -m backbones probe 'timm/*'``)."""
@@ -268,11 +278,7 @@ def _create(
 ) -> nn.Module:
     import timm
 
-    # Any size, and maps of ceil(size / stride) cells as the contract says: a patch
-    # embedding pads the image to a multiple of its patch (as ViTDet pads its input)
-    # where the model can; at sizes the patch divides nothing changes.
-    dynamic = {"dynamic_img_size": True, "dynamic_img_pad": True}
-    attempts = [{**kwargs, **dynamic}, {**kwargs, "dynamic_img_size": True}, kwargs]
+    attempts = [{**kwargs, **sizing} for sizing in SIZING_ATTEMPTS]
     for i, attempt in enumerate(attempts):
         try:
             return timm.create_model(model_name, features_only=True, **attempt)
