@@ -28,7 +28,14 @@ SAMPLE = (
     "timm/resnet50",  # 25.6 M parameters: over the sample's limit
 )
 LIMIT_M = 20.0
-CHEAP_CHECKS = ("contract", "output_stride", "frozen_stages", "in_chans", "drop_path_rate")
+CHEAP_CHECKS = (
+    "contract",
+    "sizes",
+    "output_stride",
+    "frozen_stages",
+    "in_chans",
+    "drop_path_rate",
+)
 
 
 @pytest.fixture(scope="module")
@@ -84,6 +91,7 @@ def test_resnet18_honours_every_cheap_option(sample: ProbeRun):
     answers = {c: getattr(row, c) for c in CHECKS}
     assert answers == {
         "contract": "yes",
+        "sizes": "yes",
         "output_stride": "yes",
         "frozen_stages": "yes",
         "in_chans": "yes",
@@ -127,6 +135,7 @@ def test_the_markdown_starts_with_the_versions_and_a_summary_of_counts(sample: P
         "| fail | 0 |",
         "| all | 5 |",
         "| contract | 4 | 0 | 1 | 0 |",
+        "| sizes | 4 | 0 | 1 | 0 |",
         "| output_stride | 3 | 0 | 2 | 0 |",  # ViT: n/a
         "| frozen_stages | 4 | 0 | 1 | 0 |",
         "| script | 0 | 0 | 1 | 4 |",
@@ -207,6 +216,23 @@ def test_an_interrupted_fill_keeps_every_row_of_the_table(sample: ProbeRun, tmp_
     scripted = [n for n, r in rows.items() if r.script != "not run" and r.status == "ok"]
     assert scripted == ["timm/convnext_atto"]  # the first one filled; the other as it was
     assert rows["timm/resnet18"] == _row(sample, "timm/resnet18")
+
+
+def test_a_check_a_table_has_no_column_for_is_not_run_on_its_built_rows(sample: ProbeRun):
+    # a table written before the check existed: a fill pass then runs it
+    with sample.csv.open(newline="") as f:
+        old = [{k: v for k, v in row.items() if k != "sizes"} for row in csv.DictReader(f)]
+    rows = {r.name: r for r in (ProbeRow.from_csv(row) for row in old)}
+    assert rows["timm/convnext_atto"].sizes == "not run"
+    assert rows["timm/convnext_atto"].contract == "yes"
+    assert rows["timm/resnet50"].sizes == "n/a"  # skipped: nothing to run
+
+
+def test_a_network_that_takes_only_some_sizes_answers_no_naming_the_size_it_refused():
+    row = probe_backbone("timm/levit_128s", checks=["contract", "sizes"])
+    assert (row.status, row.input_size, row.contract, row.sizes) == ("ok", "224x224", "yes", "no")
+    (note,) = row.notes
+    assert note.startswith("sizes: refuses 225x287: RuntimeError: The size of tensor a")
 
 
 def test_merging_a_fill_row_keeps_the_other_checks_and_their_notes():

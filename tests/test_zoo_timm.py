@@ -473,6 +473,74 @@ def test_a_vit_gives_ceil_size_over_stride_cells_at_sizes_its_patch_does_not_div
     )
 
 
+# -- sizes the strides do not divide ---------------------------------------------------------
+ODD = (65, 97)  # one pixel over a multiple of 32 in height, one under in width
+
+
+def _ceil_cells(backbone: nn.Module, height: int, width: int) -> list[tuple[int, int]]:
+    return [(-(-height // s), -(-width // s)) for s in backbone.feature_info.reduction()]
+
+
+@pytest.mark.parametrize(
+    ("name", "pad_to"),
+    [
+        ("timm/resnet18", 1),  # its convolutions pad: ceil by itself
+        ("timm/efficientnet_b0", 1),
+        ("timm/convnext_atto", 32),  # an unpadded 4x4 stem rounds down
+        ("timm/poolformer_s12", 32),  # rounds down at 65, not at 63
+        (SWIN, 32),  # refuses sizes its patch does not divide
+        ("timm/hrnet_w18_small", 32),  # its branches disagree on the cells
+        ("timm/sequencer2d_s", 14),  # strides 7, 14, 14
+        ("timm/convmixer_768_32", 7),
+    ],
+)
+def test_every_map_has_ceil_size_over_stride_cells_at_any_size(name, pad_to):
+    backbone = create_backbone(name).eval()
+    assert backbone.pad_to == pad_to
+    for height, width in (ODD, (pad_to * 3, pad_to * 2 + 1), (33, 33)):
+        maps = check_feature_contract(backbone, _inputs(height, width, batch=1))
+        assert [tuple(m.shape[2:]) for m in maps] == _ceil_cells(backbone, height, width)
+
+
+def test_a_network_that_rounds_down_sees_the_image_padded_as_a_detector_pads_its_batch():
+    ours = create_backbone("timm/convnext_atto").eval()
+    theirs = timm.create_model("convnext_atto", features_only=True).eval()
+    theirs.load_state_dict(ours.body.state_dict())
+    x = _inputs(*ODD, batch=1)
+    with torch.no_grad():
+        got = ours(x)
+        # zeros on the right and bottom up to 96x128, then each map cut to ceil cells
+        padded = theirs(F.pad(x, (0, 128 - ODD[1], 0, 96 - ODD[0])))
+    cells = _ceil_cells(ours, *ODD)
+    for a, b, (h, w) in zip(got, padded, cells, strict=True):
+        torch.testing.assert_close(a, b[:, :, :h, :w], rtol=0, atol=0)
+    with torch.no_grad():  # at a multiple of the strides nothing is padded
+        x = _inputs(64, 96, batch=1)
+        for a, b in zip(ours(x), theirs(x), strict=True):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_a_network_that_rounds_up_by_itself_sees_the_image_as_it_is():
+    ours = create_backbone("timm/resnet18").eval()
+    theirs = timm.create_model("resnet18", features_only=True).eval()
+    theirs.load_state_dict(ours.body.state_dict())
+    x = _inputs(*ODD, batch=1)
+    with torch.no_grad():
+        for a, b in zip(ours(x), theirs(x), strict=True):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_a_size_the_network_does_not_take_is_refused_naming_the_input_and_the_size_it_took():
+    backbone = create_backbone("timm/levit_128s").eval()  # attention biases fixed at 224
+    with pytest.raises(
+        ValueError,
+        match=r"timm/levit_128s failed on an input of shape \[1, 3, 65, 97\] \(torch.float32\): "
+        r"RuntimeError: .*It ran on 224x224 images when it was made",
+    ) as caught:
+        backbone(_inputs(*ODD, batch=1))
+    assert isinstance(caught.value.__cause__, RuntimeError)  # the network's own error
+
+
 # -- the simple pyramid ----------------------------------------------------------------------
 def test_simple_pyramid_turns_a_vit_into_strides_4_to_32():
     backbone = create_backbone(VIT, pyramid="simple").eval()
@@ -666,6 +734,19 @@ def test_torchscript_of_a_zoo_backbone_gives_the_eager_maps(backbone):
         match=r"expected an input of shape \(batch, 3, height, width\), got \[1, 1, 64, 64\]",
     ):
         scripted(torch.zeros(1, 1, 64, 64))
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
+def test_a_padded_backbone_scripts_and_exports_with_its_padding():
+    model = create_backbone("timm/convnext_atto").eval()
+    x = _inputs(*ODD, batch=1)
+    with torch.no_grad():
+        eager = model(x)
+        compiled = [torch.jit.script(model), torch.export.export(model, (x,)).module()]
+        for other in compiled:
+            for a, b in zip(eager, other(x), strict=True):
+                torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+    assert [tuple(m.shape[2:]) for m in eager] == _ceil_cells(model, *ODD)
 
 
 @pytest.mark.parametrize("backbone", ["convnext_atto", "swin-nhwc"])

@@ -15,6 +15,7 @@ import pytest
 import torch
 import torchvision
 from torch import nn
+from torch.nn import functional as F
 from torchvision.models import MaxVit, VisionTransformer
 from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor, mobilenet_backbone
 from torchvision.models.feature_extraction import create_feature_extractor
@@ -187,6 +188,34 @@ def test_levels_are_the_last_module_of_each_stride_and_match_torchvision(
     ]
     for a, b in zip(ours, theirs, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("name", "nodes", "pad_to"),
+    [
+        ("resnet18", ["layer1", "layer4"], 1),  # its convolutions pad: ceil by itself
+        ("convnext_tiny", ["features.3", "features.7"], 32),  # the 4x4 stem rounds down
+        ("swin_t", ["features.3", "features.7"], 32),
+    ],
+)
+def test_maps_have_ceil_size_over_stride_cells_at_sizes_the_strides_do_not_divide(
+    name, nodes, pad_to
+):
+    torch.manual_seed(0)
+    backbone = create_backbone(f"tv/{name}", out_indices=(1, -1)).eval()
+    assert backbone.pad_to == pad_to
+    strides = backbone.feature_info.reduction()
+    x = torch.randn(1, 3, 65, 97, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ours = backbone(x)
+        # torchvision's network on the image padded to a multiple of 32 (96x128 when
+        # padding), each map cut to ceil(size / stride) cells
+        padded = F.pad(x, (0, 128 - 97, 0, 96 - 65)) if pad_to > 1 else x
+        extractor = create_feature_extractor(_reference(name, backbone), nodes)
+        theirs = _as_nchw(extractor(padded), nhwc=name.startswith("swin"))
+    for a, b, stride in zip(ours, theirs, strides, strict=True):
+        assert tuple(a.shape[2:]) == (-(-65 // stride), -(-97 // stride))
+        torch.testing.assert_close(a, b[:, :, : a.shape[2], : a.shape[3]], rtol=0, atol=1e-6)
 
 
 def test_swin_maps_come_out_nchw():

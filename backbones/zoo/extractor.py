@@ -8,6 +8,11 @@ run, not from the library's metadata:
   NCHW, a free view whose strides are channels_last;
 - each returned level's channels and stride, so ``feature_info`` is what the forward
   gives (timm's claims are kept in ``metadata_fixes`` where they differ);
+- whether each level has ``ceil(size / stride)`` cells at sizes the strides do not
+  divide, as a ResNet's do (one more run, at such a size). Where it has not (ConvNeXt's
+  and Swin's unpadded patch stems round down; HRNet's branches then disagree), the
+  input is padded on the right and bottom to a multiple of the strides, as detectors
+  pad their batches, and each map is cut to ``ceil(size / stride)`` cells;
 - the order in which modules run, which defines the stages for ``frozen_stages``: the
   stem is everything that runs before the first level of stride 4 or more begins, and
   stage k everything that runs from there until the k-th such level has finished (a
@@ -17,14 +22,16 @@ run, not from the library's metadata:
 This module builds no network of its own beyond the optional pyramid it is given.
 """
 
+import contextlib
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from backbones.errors import BackboneContractError
 from backbones.features import FeatureInfo, FeatureLevel
@@ -37,6 +44,7 @@ __all__ = [
     "find_stage",
     "is_norm",
     "measure",
+    "pad_multiple",
     "span_of",
 ]
 
@@ -146,28 +154,24 @@ def measure(
             spans[name][1] = next(counter)
 
         handles += [module.register_forward_pre_hook(pre), module.register_forward_hook(post)]
-    modes = [(m, m.training) for m in body.modules()]
     failures = []
     try:
-        body.eval()
-        for height, width in sizes:
-            spans.clear()
-            try:
-                with torch.no_grad():
+        with _evaluating(body):
+            for height, width in sizes:
+                spans.clear()
+                try:
                     out = _outputs(body(torch.zeros(1, in_chans, height, width)))
-            except Exception as err:  # another library's network: try the next size
-                failures.append(f"{height}x{width}: {type(err).__name__}: {err}")
-                continue
-            break
-        else:
-            raise BackboneContractError(
-                f"the network runs at none of the sizes tried ({'; '.join(failures)})"
-            )
+                except Exception as err:  # another library's network: try the next size
+                    failures.append(f"{height}x{width}: {type(err).__name__}: {err}")
+                    continue
+                break
+            else:
+                raise BackboneContractError(
+                    f"the network runs at none of the sizes tried ({'; '.join(failures)})"
+                )
     finally:
         for handle in handles:
             handle.remove()
-        for m, mode in modes:
-            m.training = mode
     nhwc = []
     for i, (fmap, chs) in enumerate(zip(out, claimed, strict=False)):
         if not isinstance(fmap, Tensor) or fmap.dim() != 4:
@@ -182,6 +186,48 @@ def measure(
         tuple(nhwc),
         {name: (span[0], span[1]) for name, span in spans.items()},
     )
+
+
+@contextlib.contextmanager
+def _evaluating(body: nn.Module) -> Iterator[None]:
+    """Eval mode and no gradients for a measuring run; every module's mode is restored."""
+    modes = [(m, m.training) for m in body.modules()]
+    try:
+        body.eval()
+        with torch.no_grad():
+            yield
+    finally:
+        for m, mode in modes:
+            m.training = mode
+
+
+def pad_multiple(body: nn.Module, run: Measured, strides: Sequence[int], in_chans: int) -> int:
+    """What the input must be padded to a multiple of, so that each returned map has
+    ``ceil(size / stride)`` cells; 1 where the network already gives that.
+
+    ``body`` runs once more, at a size just below a multiple of the strides in height and
+    just above one in width (63x33 for strides up to 32, after 64x64), the sizes at which
+    a stem that rounds down, or branches that disagree, show. Where it gives other shapes
+    or does not run there, the answer is the strides' least common multiple: the padded
+    image is then the measured one (at which the strides are exact) or one like it.
+    A measured size the strides do not divide (a fixed-size network) gives 1.
+    """
+    multiple = math.lcm(*strides)
+    height, width = run.size
+    if multiple == 1 or height % multiple or width % multiple or height < 2 * multiple:
+        return 1
+    size = (height - 1, width - multiple + 1)
+    try:
+        with _evaluating(body):
+            out = _outputs(body(torch.zeros(1, in_chans, *size)))
+        cells = [
+            (o.shape[1], o.shape[2]) if nhwc else (o.shape[2], o.shape[3])
+            for o, nhwc in zip(out, run.nhwc, strict=True)
+        ]
+    except Exception:  # another library's network refuses the size: padding gives it one
+        return multiple
+    wanted = [(-(-size[0] // s), -(-size[1] // s)) for s in strides]
+    return 1 if cells == wanted else multiple
 
 
 def measured_levels(
@@ -306,6 +352,10 @@ class ZooBackbone(nn.Module):
         neck: optional module taking the NCHW maps and returning the final list
             (the simple pyramid); its levels are then ``levels``.
         metadata_fixes: where the library's metadata differed from the run.
+        pad_to: pad the input on the right and bottom to a multiple of this, and cut
+            each map of ``body`` to ``ceil(size / stride)`` cells (``body_strides``);
+            1 (the default) runs the input as it is (see :func:`pad_multiple`).
+        body_strides: the stride of each map ``body`` returns; needed with ``pad_to``.
 
     Attributes:
         feature_info_measured: True without a neck: every level of ``feature_info`` is
@@ -329,8 +379,17 @@ class ZooBackbone(nn.Module):
         return_dict: bool = False,
         neck: nn.Module | None = None,
         metadata_fixes: Sequence[str] = (),
+        pad_to: int = 1,
+        body_strides: Sequence[int] = (),
     ) -> None:
         super().__init__()
+        if pad_to > 1 and len(body_strides) != len(nhwc):
+            raise ValueError(
+                f"pad_to={pad_to} needs the stride of each of the {len(nhwc)} maps, "
+                f"got body_strides={tuple(body_strides)}"
+            )
+        self.pad_to = pad_to
+        self._body_strides = [int(s) for s in body_strides]
         self.body = body
         self.neck = neck
         self.feature_info = FeatureInfo(levels, out_indices)
@@ -367,7 +426,12 @@ class ZooBackbone(nn.Module):
 
     def forward(self, x: Tensor) -> list[Tensor] | dict[str, Tensor]:
         # Written so TorchScript compiles it: whether the wrapped network does is its own.
-        maps = self._maps(x)
+        if x.dim() != 4 or x.shape[1] != self.in_chans:
+            raise ValueError(
+                f"expected an input of shape (batch, {self.in_chans}, height, width), got "
+                f"{list(x.shape)}"
+            )
+        maps = self._maps(x) if torch.jit.is_scripting() else self._maps_explained(x)
         if self.return_dict:
             named: dict[str, Tensor] = {}
             for i, name in enumerate(self._names):
@@ -375,12 +439,29 @@ class ZooBackbone(nn.Module):
             return named
         return maps
 
-    def _maps(self, x: Tensor) -> list[Tensor]:
-        if x.dim() != 4 or x.shape[1] != self.in_chans:
+    @torch.jit.unused
+    def _maps_explained(self, x: Tensor) -> list[Tensor]:
+        """:meth:`_maps`, with a failure of the wrapped network (a size it does not take)
+        explained: which input, and the size it ran at when the backbone was made."""
+        try:
+            return self._maps(x)
+        except torch.OutOfMemoryError:
+            raise
+        except (RuntimeError, AssertionError, ValueError, IndexError) as err:
+            name = dict(getattr(self, "backbone_config", None) or {}).get("name", "the network")
+            height, width = self.probe_input_size
             raise ValueError(
-                f"expected an input of shape (batch, {self.in_chans}, height, width), got "
-                f"{list(x.shape)}"
-            )
+                f"{name} failed on an input of shape {list(x.shape)} ({x.dtype}): "
+                f"{type(err).__name__}: {err}. It ran on {height}x{width} images when it was "
+                f"made; some networks take only some sizes (see the 'sizes' column of "
+                f"the probe tables, docs/zoo/)"
+            ) from err
+
+    def _maps(self, x: Tensor) -> list[Tensor]:
+        height, width = x.shape[2], x.shape[3]
+        padded = self.pad_to > 1 and (height % self.pad_to != 0 or width % self.pad_to != 0)
+        if padded:
+            x = F.pad(x, (0, -width % self.pad_to, 0, -height % self.pad_to))
         out = self.body(x)
         maps: list[Tensor] = []
         if torch.jit.isinstance(out, dict[str, Tensor]):
@@ -394,8 +475,11 @@ class ZooBackbone(nn.Module):
         for i, nhwc in enumerate(self._nhwc):
             if nhwc:
                 maps[i] = maps[i].permute(0, 3, 1, 2)
+            if padded:
+                stride = self._body_strides[i]
+                maps[i] = maps[i][:, :, : -(-height // stride), : -(-width // stride)]
         if self.neck is not None:
-            maps = self.neck(maps, (x.shape[2], x.shape[3]))
+            maps = self.neck(maps, (height, width))
         return maps
 
 

@@ -82,6 +82,7 @@ it (``output_stride=16`` on a network whose deepest stride is already 16 or less
 
 CHECKS = (
     "contract",
+    "sizes",
     "output_stride",
     "frozen_stages",
     "in_chans",
@@ -93,6 +94,9 @@ CHECKS = (
 
 - ``contract``: the forward at the probe input returns one NCHW map per level of
   ``feature_info``, of its channels and stride;
+- ``sizes``: the same at a size the strides do not divide (one pixel more in height,
+  one less than a multiple of the strides in width: 65x95 after 64x64), every map
+  ``ceil(size / stride)`` cells; ``no`` for a network that takes only some sizes;
 - ``output_stride``: ``output_stride=16`` builds and the deepest stride is 16;
 - ``frozen_stages``: ``frozen_stages=1`` freezes some parameters (not all), and a
   training step changes neither them nor the statistics of their norms;
@@ -138,8 +142,8 @@ class ProbeRow:
             channels.
         nhwc: ``"yes"`` when some returned map came channels-last and is permuted.
         metadata_fixes: where the library's metadata (channels, strides) was wrong.
-        contract, output_stride, frozen_stages, in_chans, drop_path_rate, script,
-            export: one of :data:`ANSWERS` per check of :data:`CHECKS`.
+        contract, sizes, output_stride, frozen_stages, in_chans, drop_path_rate,
+            script, export: one of :data:`ANSWERS` per check of :data:`CHECKS`.
         notes: for each check that answered ``no``, why.
         seconds: wall-clock time the model took, building and checks.
     """
@@ -157,6 +161,7 @@ class ProbeRow:
     nhwc: str = ""
     metadata_fixes: tuple[str, ...] = ()
     contract: str = NOT_APPLICABLE
+    sizes: str = NOT_APPLICABLE
     output_stride: str = NOT_APPLICABLE
     frozen_stages: str = NOT_APPLICABLE
     in_chans: str = NOT_APPLICABLE
@@ -189,6 +194,8 @@ class ProbeRow:
     @classmethod
     def from_csv(cls, row: dict[str, str]) -> "ProbeRow":
         """A row read back from the CSV (:meth:`to_csv`); unknown columns are ignored.
+        A check the CSV has no column for (a table older than the check) answers
+        ``not run`` on an ``ok`` row, so a fill pass runs it.
 
         Raises:
             ValueError: a column holds what :meth:`to_csv` would not have written.
@@ -197,6 +204,8 @@ class ProbeRow:
         for f in fields(cls):
             text = row.get(f.name)
             if text is None:
+                if f.name in CHECKS and row.get("status") == OK:
+                    values[f.name] = NOT_RUN
                 continue
             if f.name in _TEXT_LISTS:
                 values[f.name] = tuple(t for t in text.split(" | ") if t)
@@ -438,6 +447,18 @@ def _check_contract(name: str, model: nn.Module, size: tuple[int, int]) -> Answe
     return (NO, problem) if problem else (YES, "")
 
 
+def _check_sizes(name: str, model: nn.Module, size: tuple[int, int]) -> Answer:
+    multiple = math.lcm(*feature_info_of(model, "the probe").reduction())
+    odd = (size[0] + 1, size[1] + multiple - 1)
+    x = torch.randn(1, _in_chans(model), *odd)
+    try:
+        problem = _shape_problem(_forward(model, x), model, odd)
+    except Exception as err:
+        # ours says which input and the size it was made at; the network's own is shorter
+        return NO, f"refuses {odd[0]}x{odd[1]}: {_one_line(err.__cause__ or err)}"
+    return (NO, problem) if problem else (YES, "")
+
+
 def _built_and_run(name: str, options: dict[str, Any], size: tuple[int, int]) -> nn.Module:
     """The backbone built with ``options``; raises if it fails to or its forward disagrees
     with its ``feature_info``."""
@@ -569,6 +590,7 @@ def _same_outputs(eager: Sequence[Any], other: Sequence[Any]) -> Answer:
 
 _CHECK_FUNCTIONS: dict[str, Callable[[str, nn.Module, tuple[int, int]], Answer]] = {
     "contract": _check_contract,
+    "sizes": _check_sizes,
     "output_stride": _check_output_stride,
     "frozen_stages": _check_frozen_stages,
     "in_chans": _check_in_chans,
@@ -1005,6 +1027,7 @@ def format_summary(rows: Iterable[ProbeRow]) -> str:
         1 models: ok 1, fail 0, timeout 0, skipped 0, no_features 0
         check              yes     no    n/a  not run
         contract             1      0      0        0
+        sizes                0      0      1        0
         output_stride        0      0      1        0
         frozen_stages        0      0      1        0
         in_chans             0      0      1        0
@@ -1057,6 +1080,9 @@ def _markdown(title: str, runs: Sequence[dict[str, Any]], rows: Sequence[ProbeRo
         "Columns: `status` ok / fail / timeout (still running at the time limit; what it "
         "had measured is kept) / skipped (too large to build here) / no_features (the "
         "model cannot return features); `contract`: `feature_info` matches the forward; "
+        "`sizes`: it does at a size the strides do not divide too (each map "
+        "ceil(size / stride) cells; no: the network takes only some sizes, or rounds "
+        "otherwise); "
         "`fixes`: claims of the library's metadata the forward contradicted; `NHWC`: maps "
         "permuted from channels-last; one column per check: `output_stride=16`, "
         "`frozen_stages=1` (and a training step leaves the frozen part unchanged), "

@@ -46,6 +46,7 @@ from backbones.zoo.extractor import (
     frozen_module_names,
     measure,
     measured_levels,
+    pad_multiple,
     sizes_to_try,
     span_of,
 )
@@ -206,6 +207,9 @@ def _build(arch: str, tag: str, options: BackboneOptions) -> nn.Module:
     stages = [lv for lv in levels if lv.reduction >= STEM_STRIDE]
     frozen, owners = _frozen(body, run.spans, stages, options.frozen_stages, returned, len(levels))
 
+    body_strides = [levels[i].reduction for i in returned]
+    pad_to = pad_multiple(body, run, body_strides, options.in_chans)
+
     neck = None
     out_indices: tuple[int, ...] = returned
     deepest = levels[returned[-1]].reduction
@@ -225,6 +229,8 @@ def _build(arch: str, tag: str, options: BackboneOptions) -> nn.Module:
         return_dict=options.return_dict,
         neck=neck,
         metadata_fixes=fixes,
+        pad_to=pad_to,
+        body_strides=body_strides,
     )
     if options.in_chans != 3:
         cfg.update(_cfg_for_in_chans(cfg, options.in_chans))

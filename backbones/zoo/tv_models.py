@@ -97,6 +97,7 @@ from backbones.zoo.extractor import (
     frozen_module_names,
     measure,
     measured_levels,
+    pad_multiple,
     span_of,
 )
 
@@ -293,6 +294,8 @@ def _build(arch: str, module: str, family: _Family, options: BackboneOptions) ->
     # What the cut network returns, and the modules each stage runs, measured.
     run = measure(body, [(size, size)], options.in_chans, [levels[i].num_chs for i in returned])
     levels, fixes = measured_levels(levels, returned, run)
+    body_strides = [levels[i].reduction for i in returned]
+    pad_to = pad_multiple(body, run, body_strides, options.in_chans)
     frozen, owners = _frozen(body, run.spans, levels, options.frozen_stages, returned, prefix)
     # Strictness is judged on the tensors the backbone keeps, so it is checked after the cut.
     report = _report(name, body, prefix, fitted, family, first_conv, options) if fitted else None
@@ -309,6 +312,8 @@ def _build(arch: str, module: str, family: _Family, options: BackboneOptions) ->
         norm_eval=options.norm_eval,
         return_dict=options.return_dict,
         metadata_fixes=fixes,
+        pad_to=pad_to,
+        body_strides=body_strides,
     )
     cfg = _pretrained_cfg(arch, family, member, first_conv, classifier, options)
     set_attributes(backbone, pretrained_cfg=cfg)
