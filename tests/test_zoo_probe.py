@@ -252,6 +252,28 @@ def test_merging_a_fill_row_keeps_the_other_checks_and_their_notes():
     assert row.seconds == 3.5
 
 
+def test_a_fill_pass_cut_short_keeps_the_row_ok_with_what_it_finished():
+    from backbones.zoo.probe import _merged
+
+    old = ProbeRow(
+        "timm/x", status="ok", contract="yes", sizes="not run", script="not run",
+        export="not run", seconds=2.0,
+    )  # fmt: skip
+    lost = ProbeRow(  # what a child killed in its script check reported
+        "timm/x", status="timeout", reason="timeout: still running after 90 s (in the script "
+        "check)", contract="not run", sizes="no", script="not run", export="not run",
+        notes=("sizes: refuses 65x95: RuntimeError: window",), seconds=90.0,
+    )  # fmt: skip
+    row = _merged(old, lost)
+    assert (row.status, row.reason) == ("ok", "")
+    assert (row.contract, row.sizes, row.script, row.export) == ("yes", "no", "not run", "not run")
+    assert row.notes == (
+        "sizes: refuses 65x95: RuntimeError: window",
+        "fill: timeout: still running after 90 s (in the script check)",
+    )
+    assert row.seconds == 92.0
+
+
 # -- isolation and failures ----------------------------------------------------------------
 def test_a_model_over_the_time_limit_is_killed_and_says_timeout(tmp_path: Path):
     run = probe_backbones(["timm/resnet18"], out=tmp_path, timeout_s=0.01, checks=[])

@@ -782,11 +782,24 @@ def probe_backbones(
 
 def _merged(old: ProbeRow, new: ProbeRow) -> ProbeRow:
     """``new`` (a fill pass's row) with the answers and notes of ``old`` for the checks
-    the pass did not run, and both passes' time."""
+    the pass did not run, and both passes' time.
+
+    A fill pass that did not finish (time limit, crash) leaves the row ``ok`` as it was:
+    the checks it finished are answered, the one it was in stays ``not run`` with a note.
+    """
     kept = {c: getattr(old, c) for c in CHECKS if getattr(new, c) == NOT_RUN}
     notes = tuple(n for n in old.notes if n.partition(":")[0] in kept)
+    seconds = round(old.seconds + new.seconds, 1)
+    if new.status == OK:
+        return replace(new, **kept, notes=(*notes, *new.notes), seconds=seconds)
+    answered = {c: getattr(new, c) for c in CHECKS if getattr(new, c) not in (NOT_RUN, "")}
+    answered = {c: a for c, a in answered.items() if getattr(old, c) == NOT_RUN}
+    unfinished = f"fill: {new.reason}"
     return replace(
-        new, **kept, notes=(*notes, *new.notes), seconds=round(old.seconds + new.seconds, 1)
+        old,
+        **answered,
+        notes=(*old.notes, *(n for n in new.notes if n not in old.notes), unfinished),
+        seconds=seconds,
     )
 
 
