@@ -117,6 +117,20 @@ def test_swin_maps_come_out_nchw():
     ]
 
 
+def test_nhwc_maps_with_as_many_channels_as_cells_a_side_come_out_nchw():
+    # test_mambaout's first stage is 16 channels of 16x16 cells at 64 px: NHWC or NCHW
+    # alike; the backbone tells them apart on a wider image
+    ours = create_backbone("timm/test_mambaout").eval()
+    theirs = timm.create_model("test_mambaout", features_only=True).eval()
+    theirs.load_state_dict(ours.body.state_dict())
+    x = _inputs(65, 95, batch=1)
+    with torch.no_grad():
+        maps = check_feature_contract(ours, x)
+        for a, b in zip(maps, theirs(x), strict=True):
+            torch.testing.assert_close(a, b.permute(0, 3, 1, 2), rtol=0, atol=0)
+    assert [tuple(m.shape) for m in maps][0] == (1, 16, 17, 24)
+
+
 def test_maxvit_maps_come_out_nchw():
     backbone = create_backbone("timm/maxvit_pico_rw_256", out_indices=(1, 4)).eval()
     maps = check_feature_contract(backbone, _inputs(256, batch=1))

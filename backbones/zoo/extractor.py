@@ -180,6 +180,18 @@ def measure(
                 f"output {i} is {got}, not a (batch, channels, height, width) feature map"
             )
         nhwc.append(fmap.shape[1] != chs and fmap.shape[3] == chs)
+    if any(o.shape[1] == o.shape[3] for o in out):
+        # a square map with as many cells a side as channels reads both ways: run a
+        # rectangle twice as wide, where only the width of NCHW or NHWC doubles
+        try:
+            with _evaluating(body):
+                wide = _outputs(body(torch.zeros(1, in_chans, height, 2 * width)))
+        except Exception:  # a fixed-size network: the channel count decided above stands
+            wide = out
+        nhwc = [
+            bool(w.shape[2] == 2 * o.shape[2]) if o.shape[1] == o.shape[3] else n
+            for o, w, n in zip(out, wide, nhwc, strict=True)
+        ]
     return Measured(
         (height, width),
         tuple(tuple(o.shape) for o in out),
