@@ -128,7 +128,7 @@ def test_nhwc_maps_with_as_many_channels_as_cells_a_side_come_out_nchw():
         maps = check_feature_contract(ours, x)
         for a, b in zip(maps, theirs(x), strict=True):
             torch.testing.assert_close(a, b.permute(0, 3, 1, 2), rtol=0, atol=0)
-    assert [tuple(m.shape) for m in maps][0] == (1, 16, 17, 24)
+    assert tuple(maps[0].shape) == (1, 16, 17, 24)
 
 
 def test_maxvit_maps_come_out_nchw():
