@@ -863,25 +863,34 @@ IMPORT_PROBE = """
 import json, sys
 import backbones
 report = {"import": sorted(m for m in ("timm", "torchvision") if m in sys.modules)}
+backbones.list_backbones(), backbones.list_blocks(), backbones.list_layers()
+report["list"] = sorted(m for m in ("timm", "torchvision") if m in sys.modules)
+report["plugins"] = sorted(p.name for p in backbones.list_plugins())
 backbones.create_backbone("resnet18")
 report["resnet18"] = sorted(m for m in ("timm", "torchvision") if m in sys.modules)
 print(json.dumps(report))
 """
 
 
-def test_importing_backbones_or_building_a_resnet_imports_neither_timm_nor_torchvision():
-    # Installed plugins may import timm's layers themselves (backbones-attention does):
-    # only the built-ins are loaded here. Listing and building timm/ names without
-    # building more than asked is tested above, in this process.
+@pytest.mark.parametrize("autoload", ["", "1"], ids=["with-plugins", "built-ins-only"])
+def test_importing_backbones_or_building_a_resnet_imports_neither_timm_nor_torchvision(autoload):
+    # The repository's plugins (attention: timm's layers; dcn: torchvision's
+    # deform_conv2d) import those when they first build a layer, not when discovered.
+    # Listing and building timm/ names without building more than asked is tested
+    # above, in this process.
+    env = {k: v for k, v in os.environ.items() if k != "BACKBONES_DISABLE_PLUGIN_AUTOLOAD"}
     proc = subprocess.run(
         [sys.executable, "-c", IMPORT_PROBE],
         capture_output=True,
         text=True,
         timeout=120,
         check=False,
-        env={**os.environ, "BACKBONES_DISABLE_PLUGIN_AUTOLOAD": "1"},
+        env={**env, "BACKBONES_DISABLE_PLUGIN_AUTOLOAD": autoload},
     )
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     assert report["import"] == []  # import backbones imports neither timm nor torchvision
+    assert report["list"] == []  # nor does discovery, listing every registry
+    if not autoload:
+        assert {"attention", "dcn"} <= set(report["plugins"])
     assert report["resnet18"] == []  # nor does building a registered ResNet

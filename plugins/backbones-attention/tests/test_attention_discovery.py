@@ -62,7 +62,9 @@ DISCOVER = """
     (plugin,) = [p for p in backbones.list_plugins() if p.name == "attention"]
     variant = backbones.get_block("se_bottleneck")
     layer = backbones.get_layer("se")
+    timm_on_discovery = "timm" in sys.modules
     print(json.dumps({
+        "timm_on_discovery": timm_on_discovery,
         "before": before,
         "warnings": [str(w.message) for w in caught if "attention" in str(w.message)],
         "after": "backbones_attention.plugin" in sys.modules,
@@ -76,7 +78,7 @@ DISCOVER = """
             f"{variant.base.__module__}.{variant.base.__qualname__}",
             [[bl.layer, bl.position, bl.name] for bl in variant.layers],
         ],
-        "se": f"{layer.__module__}.{layer.__qualname__}",
+        "se": f"{layer.cls.__module__}.{layer.cls.__qualname__}",
         "channels": backbones.create_backbone("ecaresnet50d").feature_info.channels(),
     }))
 """
@@ -113,6 +115,7 @@ def test_fresh_interpreter_discovers_the_plugin_through_its_entry_point():
         [["se", "after_conv3", "se"]],
     ]
     assert result["se"] == "timm.layers.squeeze_excite.SEModule"
+    assert result["timm_on_discovery"] is False  # imported when a layer is first built
     assert result["channels"] == [256, 512, 1024, 2048]
 
 
@@ -132,7 +135,9 @@ def test_hooks_return_fresh_dicts_and_leave_the_registries_alone():
     blocks = plugin.backbones_register_blocks()
     specs = plugin.backbones_register_backbones()
 
-    assert layers == {name: get_attn(name) for name in LAYER_NAMES}
+    assert {name: layer.cls for name, layer in layers.items()} == {
+        name: get_attn(name) for name in LAYER_NAMES
+    }
     assert set(blocks) == BLOCK_NAMES
     for name, variant in blocks.items():
         attn, kind = name.split("_")

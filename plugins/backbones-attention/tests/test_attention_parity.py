@@ -123,7 +123,9 @@ def test_layer_kwargs_equal_timm_partial_attn_layer():
 @pytest.mark.parametrize("attn_type", ["se", "eca", "cbam", "gc"])
 def test_layer_is_the_class_timm_create_attn_builds(attn_type):
     # timm's create_attn(attn_type, channels) calls get_attn(attn_type)(channels)
-    assert get_layer(attn_type) is get_attn(attn_type)
+    layer = get_layer(attn_type)
+    assert layer.cls is get_attn(attn_type)
+    assert type(layer(64)) is get_attn(attn_type)
 
 
 @pytest.mark.parametrize(

@@ -12,15 +12,19 @@ modulation mask come from ``conv2.conv_offset`` (mmdet's and mmcv's name), a pla
 the same input with ``conv2``'s stride, padding and dilation, whose weights and bias
 start at zero. An untrained block therefore computes exactly what the plain
 bottleneck computes.
+
+torchvision (its ``deform_conv2d``) is imported when the first block is built, not when
+the plugin is discovered: importing it takes a second or more, which listing the
+registry or building a plain ResNet should not pay.
 """
 
+from collections.abc import Callable
 from typing import Any, cast
 
 import torch
 import torch.fx
 from torch import Tensor, nn
 from torch.nn import functional as F
-from torchvision.ops import deform_conv2d
 
 from backbones.blocks import Bottleneck
 
@@ -31,6 +35,19 @@ KERNEL_SIZE = 3
 
 def _pair(value: int) -> tuple[int, int]:
     return (value, value)
+
+
+deform_conv2d: Callable[..., Tensor] = cast(Callable[..., Tensor], None)
+"""torchvision's ``torchvision.ops.deform_conv2d``, once :func:`_import_deform_conv2d` ran
+(every :class:`ModulatedDeformConv2d` runs it when built, so TorchScript finds it)."""
+
+
+def _import_deform_conv2d() -> None:
+    global deform_conv2d
+    if deform_conv2d is None:
+        from torchvision.ops import deform_conv2d as op
+
+        deform_conv2d = op
 
 
 @torch.fx.wrap
@@ -137,6 +154,7 @@ class ModulatedDeformConv2d(nn.Module):
         deform_groups: int = 1,
     ) -> None:
         super().__init__()
+        _import_deform_conv2d()
         if isinstance(deform_groups, bool) or not isinstance(deform_groups, int):
             raise TypeError(f"deform_groups must be a positive int, got {deform_groups!r}")
         if deform_groups < 1 or channels % deform_groups != 0:
