@@ -49,6 +49,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ im
     from backbones.options import BackboneOptions
     from backbones.plugin_manager import PluginInfo
     from backbones.saving import load_backbone, save_backbone
+    from backbones.training import convert_norm, param_groups, trainability
     from backbones.variants import ResNetSpec
     from backbones.weights import LoadReport, PretrainedCfg, load_pretrained
 
@@ -59,6 +60,7 @@ _PUBLIC: dict[str, str] = {
     "BackboneWithHead": "backbones.model",
     "BlockLayer": "backbones.layers",
     "BlockVariant": "backbones.layers",
+    "convert_norm": "backbones.training",
     "FeatureInfo": "backbones.features",
     "FeatureLevel": "backbones.features",
     "LoadReport": "backbones.weights",
@@ -88,11 +90,13 @@ _PUBLIC: dict[str, str] = {
     "load_backbone": "backbones.saving",
     "load_pretrained": "backbones.weights",
     "optimize_for_inference": "backbones.inference",
+    "param_groups": "backbones.training",
     "register_backbone": "backbones.catalog",
     "register_block": "backbones.catalog",
     "register_head": "backbones.catalog",
     "register_layer": "backbones.catalog",
     "save_backbone": "backbones.saving",
+    "trainability": "backbones.training",
 }
 """Each public name and the module that defines it."""
 

@@ -220,6 +220,17 @@ class ResNet(nn.ModuleDict):
                 if m is not self and callable(init):
                     init()
 
+    def stage_params(self) -> list[tuple[str, list[str]]]:
+        """Each stage's parameter names, in network order: ``("stem", [conv1.*, bn1.*])``,
+        then ``("layer1", [...])`` .. the deepest stage built. ``frozen_stages=k`` freezes
+        the first ``k + 1`` of them; :func:`backbones.training.param_groups` decays the
+        learning rate along them."""
+        stages: dict[str, list[str]] = {"stem": []}
+        for name, _ in self.named_parameters():
+            child = name.partition(".")[0]
+            stages.setdefault(child if child.startswith("layer") else "stem", []).append(name)
+        return list(stages.items())
+
     def train(self, mode: bool = True) -> "ResNet":
         """Set the mode; frozen stages (and with ``norm_eval`` every BatchNorm) stay in eval."""
         super().train(mode)

@@ -36,6 +36,7 @@ from backbones.resnet import resolve_block_layer
 __all__ = [
     "Features",
     "assert_features_close",
+    "assert_frozen_unchanged",
     "assert_parity",
     "check_block",
     "check_feature_contract",
@@ -764,3 +765,52 @@ def check_feature_contract(model: nn.Module, x: Tensor) -> Features:
                 f"(num_chs={channels[i]}, reduction={reductions[i]}, input {height}x{width})"
             )
     return out
+
+
+def assert_frozen_unchanged(model: nn.Module, step: Callable[[], Any]) -> Any:
+    """Run ``step`` (a training step on ``model``) and check that it left alone what is
+    frozen: every parameter without ``requires_grad`` and the statistics of every norm
+    in eval mode (frozen stages, ``norm_eval``, frozen BatchNorms), bit for bit.
+
+    Args:
+        model: the model the step trains.
+        step: forward, backward and optimizer step; its result is returned.
+
+    Raises:
+        AssertionError: naming each tensor that changed, with its largest difference;
+            or nothing is frozen, which would make the check vacuous.
+
+    Example:
+        >>> model = create_backbone("resnet18", frozen_stages=1).train()  # doctest: +SKIP
+        >>> assert_frozen_unchanged(model, lambda: train_step(model))  # doctest: +SKIP
+    """
+    watched: dict[str, Tensor] = {
+        name: param for name, param in model.named_parameters() if not param.requires_grad
+    }
+    for name, module in model.named_modules():
+        if isinstance(module, nn.modules.batchnorm._NormBase) and module.training:
+            continue
+        if not hasattr(module, "running_mean"):
+            continue
+        for buffer in ("running_mean", "running_var", "weight", "bias"):
+            value = getattr(module, buffer, None)
+            if isinstance(value, Tensor) and not isinstance(value, nn.Parameter):
+                watched[f"{name}.{buffer}" if name else buffer] = value
+    if not watched:
+        raise AssertionError(
+            "nothing is frozen: no parameter without requires_grad, no norm in eval"
+        )
+    before = {name: value.detach().clone() for name, value in watched.items()}
+    result = step()
+    changed = []
+    for name, value in watched.items():
+        if not torch.equal(value, before[name]):
+            diff = (value.detach().float() - before[name].float()).abs().max().item()
+            changed.append(f"{name} (max abs diff {diff:.3g})")
+    if changed:
+        raise AssertionError(
+            f"{len(changed)} frozen tensors changed in a training step: "
+            + ", ".join(changed[:10])
+            + (" ..." if len(changed) > 10 else "")
+        )
+    return result

@@ -210,6 +210,7 @@ LAYER_OF = {
     "backbones.factory": 6, "backbones.weights.pretrained": 6,
     "backbones.model": 7, "backbones.saving": 7, "backbones.inference": 7,
     "backbones.adapters": 7, "backbones.info": 7, "backbones.zoo.probe": 7,
+    "backbones.training": 7,
     "backbones": 8, "backbones.cli": 8, "backbones.bench": 8, "backbones.testing": 8,
     "backbones.__main__": 8,
 }  # fmt: skip

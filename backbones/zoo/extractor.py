@@ -46,6 +46,7 @@ __all__ = [
     "measure",
     "pad_multiple",
     "span_of",
+    "stage_partition",
 ]
 
 STEM_STRIDE = 4
@@ -342,6 +343,34 @@ def frozen_module_names(
     return frozen, owners
 
 
+def stage_partition(
+    body: nn.Module, spans: dict[str, tuple[int, int]], stages: Sequence[str]
+) -> list[list[str]]:
+    """Each stage's parameter names in ``body``: the stem's, then each stage's in order.
+
+    A parameter is in the first stage that ``frozen_stages`` would freeze it with (see
+    :func:`frozen_module_names`); what runs after the last stage (a final norm) is in
+    the last stage.
+    """
+    assigned: dict[str, int] = {}
+    modules = dict(body.named_modules())
+
+    def claim(module: str, stage: int, recurse: bool = True) -> None:
+        for param, _ in modules[module].named_parameters(recurse=recurse):
+            assigned.setdefault(f"{module}.{param}" if module else param, stage)
+
+    for k in range(len(stages) + 1):
+        frozen, owners = frozen_module_names(body, spans, stages, k)
+        for name in owners if k == 0 else ():
+            claim(name, 0, recurse=False)
+        for name in frozen:
+            claim(name, k)
+    partition: list[list[str]] = [[] for _ in range(len(stages) + 1)]
+    for param, _ in body.named_parameters():
+        partition[assigned.get(param, len(stages))].append(param)
+    return partition
+
+
 class ZooBackbone(nn.Module):
     """A feature extractor of another library, under the backbone contract.
 
@@ -364,6 +393,8 @@ class ZooBackbone(nn.Module):
         neck: optional module taking the NCHW maps and returning the final list
             (the simple pyramid); its levels are then ``levels``.
         metadata_fixes: where the library's metadata differed from the run.
+        stages: each stage's name and parameter names in ``body`` (stem first; see
+            :func:`stage_partition`), for :meth:`stage_params`.
         pad_to: pad the input on the right and bottom to a multiple of this, and cut
             each map of ``body`` to ``ceil(size / stride)`` cells (``body_strides``);
             1 (the default) runs the input as it is (see :func:`pad_multiple`).
@@ -393,6 +424,7 @@ class ZooBackbone(nn.Module):
         metadata_fixes: Sequence[str] = (),
         pad_to: int = 1,
         body_strides: Sequence[int] = (),
+        stages: Sequence[tuple[str, Sequence[str]]] = (),
     ) -> None:
         super().__init__()
         if pad_to > 1 and len(body_strides) != len(nhwc):
@@ -415,10 +447,11 @@ class ZooBackbone(nn.Module):
         # feature_info was read off the extractor's forward; a neck's levels were not
         self.feature_info_measured = neck is None
         self._names = self.feature_info.module_name()
+        self._stages = [(name, [f"body.{p}" for p in params]) for name, params in stages]
         modules = dict(body.named_modules())
-        self._frozen = [modules[n] for n in frozen]
-        for module in self._frozen:
-            module.requires_grad_(False)
+        self._frozen = list(frozen)  # names: a norm conversion may replace the modules
+        for name in self._frozen:
+            modules[name].requires_grad_(False)
         for name in owners:
             for param in modules[name].parameters(recurse=False):
                 param.requires_grad_(False)
@@ -428,13 +461,31 @@ class ZooBackbone(nn.Module):
         """Set the mode; frozen stages (and with ``norm_eval`` every norm) stay in eval."""
         super().train(mode)
         if mode:
-            for module in self._frozen:
-                module.eval()
+            modules = dict(self.body.named_modules())
+            for name in self._frozen:
+                modules[name].eval()
             if self.norm_eval:
                 for module in self.body.modules():
                     if is_norm(module):
                         module.eval()
         return self
+
+    def stage_params(self) -> list[tuple[str, list[str]]]:
+        """Each stage's parameter names, in network order: ``("stem", [...])``, then one
+        entry per stage (a plain ViT: per block), named as the library names the level,
+        and ``("neck", [...])`` for a pyramid. ``frozen_stages=k`` freezes the first
+        ``k + 1``; :func:`backbones.training.param_groups` decays the learning rate
+        along them."""
+        # as built; a norm conversion may have turned some parameters into buffers
+        # (frozen BatchNorm) or back, so the names are read against the current ones
+        current = [n for n, _ in self.named_parameters() if not n.startswith("neck.")]
+        listed = {p for _, params in self._stages for p in params}
+        stages = [(name, [p for p in params if p in current]) for name, params in self._stages]
+        if stages:
+            stages[-1][1].extend(p for p in current if p not in listed)
+        if self.neck is not None:
+            stages.append(("neck", [f"neck.{p}" for p, _ in self.neck.named_parameters()]))
+        return stages
 
     def forward(self, x: Tensor) -> list[Tensor] | dict[str, Tensor]:
         # Written so TorchScript compiles it: whether the wrapped network does is its own.

@@ -49,6 +49,7 @@ from backbones.zoo.extractor import (
     pad_multiple,
     sizes_to_try,
     span_of,
+    stage_partition,
 )
 from backbones.zoo.pyramid import SimpleFeaturePyramid
 
@@ -205,7 +206,9 @@ def _build(arch: str, tag: str, options: BackboneOptions) -> nn.Module:
         raise
     levels, fixes = measured_levels(levels, returned, run)
     stages = [lv for lv in levels if lv.reduction >= STEM_STRIDE]
-    frozen, owners = _frozen(body, run.spans, stages, options.frozen_stages, returned, len(levels))
+    frozen, owners, partition = _frozen(
+        body, run.spans, stages, options.frozen_stages, returned, len(levels)
+    )
 
     body_strides = [levels[i].reduction for i in returned]
     pad_to = pad_multiple(body, run, body_strides, options.in_chans)
@@ -231,6 +234,7 @@ def _build(arch: str, tag: str, options: BackboneOptions) -> nn.Module:
         metadata_fixes=fixes,
         pad_to=pad_to,
         body_strides=body_strides,
+        stages=partition,
     )
     if options.in_chans != 3:
         cfg.update(_cfg_for_in_chans(cfg, options.in_chans))
@@ -377,21 +381,27 @@ def _frozen(
     frozen_stages: int,
     returned: tuple[int, ...],
     count: int,
-) -> tuple[list[str], list[str]]:
+) -> tuple[list[str], list[str], list[tuple[str, list[str]]]]:
+    """The modules ``frozen_stages`` freezes (see ``frozen_module_names``), and each
+    stage's parameters (``stage_partition``; one stem-only stage where none is found)."""
     spans = dict(spans)
-    built = []
+    built, labels = [], []
     for level in stages:
         name = find_stage(body, level.module, count)
         span = span_of(name, spans) if name is not None else None
         if name is not None and span is not None:
             spans[name] = span
             built.append(name)
+            labels.append(level.module)
     check_frozen_stages(frozen_stages, len(built), [lv.module for lv in stages], returned)
-    if frozen_stages < 0:
-        return [], []
     if not built:
-        raise ValueError("frozen_stages: no stage module of this network could be found")
-    return frozen_module_names(body, spans, built, frozen_stages)
+        if frozen_stages >= 0:
+            raise ValueError("frozen_stages: no stage module of this network could be found")
+        return [], [], [("stem", [n for n, _ in body.named_parameters()])]
+    partition = list(zip(["stem", *labels], stage_partition(body, spans, built), strict=True))
+    if frozen_stages < 0:
+        return [], [], partition
+    return (*frozen_module_names(body, spans, built, frozen_stages), partition)
 
 
 def _pyramid(

@@ -99,6 +99,7 @@ from backbones.zoo.extractor import (
     measured_levels,
     pad_multiple,
     span_of,
+    stage_partition,
 )
 
 __all__ = ["NAMESPACE", "TV", "TokenMaps"]
@@ -296,7 +297,9 @@ def _build(arch: str, module: str, family: _Family, options: BackboneOptions) ->
     levels, fixes = measured_levels(levels, returned, run)
     body_strides = [levels[i].reduction for i in returned]
     pad_to = pad_multiple(body, run, body_strides, options.in_chans)
-    frozen, owners = _frozen(body, run.spans, levels, options.frozen_stages, returned, prefix)
+    frozen, owners, partition = _frozen(
+        body, run.spans, levels, options.frozen_stages, returned, prefix
+    )
     # Strictness is judged on the tensors the backbone keeps, so it is checked after the cut.
     report = _report(name, body, prefix, fitted, family, first_conv, options) if fitted else None
     backbone = ZooBackbone(
@@ -314,6 +317,7 @@ def _build(arch: str, module: str, family: _Family, options: BackboneOptions) ->
         metadata_fixes=fixes,
         pad_to=pad_to,
         body_strides=body_strides,
+        stages=partition,
     )
     cfg = _pretrained_cfg(arch, family, member, first_conv, classifier, options)
     set_attributes(backbone, pretrained_cfg=cfg)
@@ -557,23 +561,26 @@ def _frozen(
     frozen_stages: int,
     returned: tuple[int, ...],
     prefix: str,
-) -> tuple[list[str], list[str]]:
-    """The modules ``frozen_stages`` freezes (see ``frozen_module_names``).
+) -> tuple[list[str], list[str], list[tuple[str, list[str]]]]:
+    """The modules ``frozen_stages`` freezes (see ``frozen_module_names``), and each
+    stage's parameters (``stage_partition``).
 
     The extractor calls leaf modules directly, so a level's container (``layer1``) never
     runs itself: its span is that of the modules inside it.
     """
     stages = [lv for lv in levels if lv.reduction >= STEM_STRIDE]
     spans = dict(spans)
-    built = []
+    built, labels = [], []
     for level in stages:
         node = prefix + level.module
         span = span_of(node, spans)
         if span is not None:
             spans[node] = span
             built.append(node)
+            labels.append(level.module)
     check_frozen_stages(frozen_stages, len(built), [lv.module for lv in stages], returned)
-    return frozen_module_names(body, spans, built, frozen_stages)
+    partition = list(zip(["stem", *labels], stage_partition(body, spans, built), strict=True))
+    return (*frozen_module_names(body, spans, built, frozen_stages), partition)
 
 
 # -- weights -------------------------------------------------------------------------------
