@@ -197,6 +197,22 @@ def _block_layers(name: str, value: Any) -> tuple[BlockLayer, ...]:
     return tuple(BlockLayer.coerce(v, name) for v in value)
 
 
+def _grad_checkpointing(name: str, value: Any) -> bool | tuple[int, ...]:
+    if isinstance(value, bool):
+        return value
+    if (
+        isinstance(value, Sequence)
+        and not isinstance(value, str)
+        and value
+        and all(is_int(v) and 1 <= v <= NUM_STAGES for v in value)
+    ):
+        return tuple(sorted(set(value)))
+    raise ValueError(
+        f"{name}={value!r} is not accepted; give True (every stage), False, or stage "
+        f"numbers 1..{NUM_STAGES} (ResNets: layer1..layer{NUM_STAGES}), e.g. (1, 2)"
+    )
+
+
 def _pyramid(name: str, value: Any) -> str | None:
     if value is None or value in PYRAMIDS:
         return value  # type: ignore[no-any-return]
@@ -291,6 +307,13 @@ class BackboneOptions:
         "residual add), per stage: `BlockLayer(...)`, dicts of its fields or layer names",
         _block_layers,
         cli="strs",
+    )
+    grad_checkpointing: bool | tuple[int, ...] = _option(
+        False,
+        "recompute activations in the backward pass instead of keeping them (non-reentrant "
+        "`torch.utils.checkpoint`, block by block): `True` for every stage, or stage numbers "
+        "(ResNets: `(1, 2)` for layer1 and layer2); also `bb.set_grad_checkpointing()`",
+        _grad_checkpointing,
     )
     pyramid: str | None = _option(
         None,

@@ -15,6 +15,7 @@ from functools import partial
 from typing import Any
 
 import torch.fx
+import torch.utils.checkpoint
 from torch import Tensor, nn
 
 from backbones.blocks import BUILTIN_BLOCKS
@@ -139,6 +140,7 @@ class ResNet(nn.ModuleDict):
     # Declared here rather than in __init__ so TorchScript sees their types.
     return_layers: list[str]
     _frozen: list[str]
+    _checkpointed: list[str]
     in_chans: int
 
     def __init__(
@@ -197,6 +199,16 @@ class ResNet(nn.ModuleDict):
             first_block += plan.num_blocks
 
         self._init_weights(options.zero_init_last)
+        self._checkpointed: list[str] = []
+        checkpointing = options.grad_checkpointing
+        if not isinstance(checkpointing, bool):
+            beyond = [k for k in checkpointing if k > deepest]
+            if beyond:
+                raise ValueError(
+                    f"grad_checkpointing={checkpointing} names stages beyond the deepest one "
+                    f"built for out_indices={self.feature_info.out_indices}; accepted: 1..{deepest}"
+                )
+        self.set_grad_checkpointing(checkpointing)
         self._frozen = (["conv1", "bn1"] if frozen_stages >= 0 else []) + [
             f"layer{k}" for k in range(1, frozen_stages + 1)
         ]
@@ -219,6 +231,21 @@ class ResNet(nn.ModuleDict):
                 init = getattr(m, hook, None)
                 if m is not self and callable(init):
                     init()
+
+    def set_grad_checkpointing(self, enable: bool | Sequence[int] = True) -> None:
+        """Recompute each block of the stages in the backward pass instead of keeping its
+        activations (non-reentrant ``torch.utils.checkpoint``; random ops such as drop
+        path replay the same draws). Only when training with gradients enabled.
+
+        Args:
+            enable: True for every stage built, False for none, or stage numbers
+                (``(1, 2)``: layer1 and layer2). timm's spelling.
+        """
+        if isinstance(enable, bool):
+            stages = [name for name in self.keys() if name.startswith("layer")] if enable else []
+        else:
+            stages = [f"layer{k}" for k in enable if f"layer{k}" in self.keys()]
+        self._checkpointed = stages
 
     def stage_params(self) -> list[tuple[str, list[str]]]:
         """Each stage's parameter names, in network order: ``("stem", [conv1.*, bn1.*])``,
@@ -246,11 +273,21 @@ class ResNet(nn.ModuleDict):
     def forward(self, x: Tensor) -> list[Tensor]:
         _check_input(x, self.in_chans)
         features: list[Tensor] = []
+        recompute = self.training and torch.is_grad_enabled() and not torch.jit.is_scripting()
         for name, module in self.items():
-            x = module(x)
+            if recompute and name in self._checkpointed:
+                x = self._checkpointed_stage(name, x)
+            else:
+                x = module(x)
             if name in self.return_layers:
                 features.append(x)
         return features
+
+    @torch.jit.unused
+    def _checkpointed_stage(self, name: str, x: Tensor) -> Tensor:
+        for block in self[name].children():  # a stage is a Sequential of blocks
+            x = torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False)
+        return x
 
 
 class ResNetDict(ResNet):
@@ -259,8 +296,12 @@ class ResNetDict(ResNet):
     def forward(self, x: Tensor) -> dict[str, Tensor]:  # type: ignore[override]
         _check_input(x, self.in_chans)
         features: dict[str, Tensor] = {}
+        recompute = self.training and torch.is_grad_enabled() and not torch.jit.is_scripting()
         for name, module in self.items():
-            x = module(x)
+            if recompute and name in self._checkpointed:
+                x = self._checkpointed_stage(name, x)
+            else:
+                x = module(x)
             if name in self.return_layers:
                 features[name] = x
         return features

@@ -17,7 +17,7 @@ from backbones import (
     param_groups,
     trainability,
 )
-from backbones.errors import UnknownNameError
+from backbones.errors import UnknownNameError, UnsupportedOptionError
 from backbones.testing import assert_frozen_unchanged
 from backbones.training import model_stages
 
@@ -323,3 +323,116 @@ def test_trainability_counts_tensors_parameters_and_norm_modes_per_stage():
     assert lines[1].split() == ["stem", "0", "3", "0", "9,536", "0", "train", "/", "1", "eval"]
     with pytest.raises(KeyError, match="no stage 'layer9'; stages: stem, layer1"):
         report["layer9"]
+
+
+# -- gradient checkpointing ----------------------------------------------------------------
+CHECKPOINTED = {
+    "resnet18-frozen-droppath": ("resnet18", {"frozen_stages": 1, "drop_path_rate": 0.2}, True),
+    "resnet18-layer1-2": ("resnet18", {}, (1, 2)),
+    "timm-convnext-frozen": ("timm/convnext_atto", {"frozen_stages": 1}, True),
+    "timm-vit-droppath": (
+        "timm/vit_tiny_patch16_224",
+        {"frozen_stages": 2, "drop_path_rate": 0.1},
+        True,
+    ),
+    "timm-efficientnet": ("timm/efficientnet_b0", {}, True),
+}
+
+
+def _gradients(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    torch.manual_seed(1)  # drop path draws the same in both runs
+    loss = sum(m.square().mean() for m in model(x))
+    loss.backward()
+    return {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("case", list(CHECKPOINTED))
+def test_gradient_checkpointing_gives_the_same_gradients(case):
+    name, options, checkpointing = CHECKPOINTED[case]
+    torch.manual_seed(0)
+    plain = create_backbone(name, **options).train()
+    recomputed = create_backbone(name, grad_checkpointing=checkpointing, **options).train()
+    recomputed.load_state_dict(plain.state_dict())
+    x = _image()
+    expected, got = _gradients(plain, x), _gradients(recomputed, x)
+    assert sorted(got) == sorted(expected)
+    assert len(got) < len(list(plain.parameters())) or not options.get("frozen_stages")
+    for key, grad in expected.items():
+        torch.testing.assert_close(got[key], grad, rtol=1e-6, atol=1e-7, msg=key)
+
+
+def _forward_calls(model: nn.Module, module: nn.Module) -> int:
+    # a pre-hook: the recomputation stops once it has what the backward pass needs, so
+    # the block's forward may not finish a second time
+    calls = []
+    handle = module.register_forward_pre_hook(lambda *_: calls.append(1))
+    try:
+        _gradients(model, _image())
+    finally:
+        handle.remove()
+    return len(calls)
+
+
+def test_set_grad_checkpointing_recomputes_the_blocks_in_the_backward_pass():
+    model = create_backbone("resnet18").train()
+    block = model.layer2[0]
+    assert _forward_calls(model, block) == 1
+    model.set_grad_checkpointing(True)  # timm's spelling, after creation
+    assert _forward_calls(model, block) == 2  # forward, and again in the backward pass
+    model.set_grad_checkpointing((1,))
+    assert _forward_calls(model, block) == 1 and _forward_calls(model, model.layer1[0]) == 2
+    model.eval()
+    with torch.no_grad():
+        model(_image())  # no recomputation without gradients or in eval
+    model.set_grad_checkpointing(False)
+    assert _forward_calls(model.train(), model.layer1[0]) == 1
+
+
+def test_a_zoo_backbone_turns_timms_checkpointing_on_and_off():
+    model = create_backbone("timm/convnext_atto").train()
+    block = model.body.stages_1.blocks[0]
+    assert _forward_calls(model, block) == 1
+    model.set_grad_checkpointing(True)
+    assert _forward_calls(model, block) == 2
+    model.set_grad_checkpointing(False)
+    assert _forward_calls(model, block) == 1
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
+def test_a_checkpointed_resnet_still_scripts():
+    model = create_backbone("resnet18", grad_checkpointing=True).eval()
+    scripted = torch.jit.script(model)
+    with torch.no_grad():
+        for a, b in zip(model(_image()), scripted(_image()), strict=True):
+            torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize(
+    ("name", "options", "error", "message"),
+    [
+        ("resnet18", {"grad_checkpointing": (5,)}, ValueError, r"stage numbers 1..4"),
+        ("resnet18", {"grad_checkpointing": "yes"}, ValueError, r"grad_checkpointing='yes'"),
+        (
+            "resnet18",
+            {"grad_checkpointing": (3,), "out_indices": (1, 2)},
+            ValueError,
+            r"grad_checkpointing=\(3,\) names stages beyond the deepest one built .* 1..2",
+        ),
+        (
+            "timm/convnext_atto",
+            {"grad_checkpointing": (1, 2)},
+            ValueError,
+            r"a timm/ backbone takes True or False",
+        ),
+        (
+            "tv/resnet18",
+            {"grad_checkpointing": True},
+            UnsupportedOptionError,
+            r"grad_checkpointing=True is not supported by the 'tv/resnet' family; families "
+            r"that have it: resnet",
+        ),
+    ],
+)
+def test_grad_checkpointing_refuses_what_it_cannot_do(name, options, error, message):
+    with pytest.raises(error, match=message):
+        create_backbone(name, **options)

@@ -40,6 +40,7 @@ __all__ = [
     "Measured",
     "ZooBackbone",
     "check_frozen_stages",
+    "checkpointing_switches",
     "find_module",
     "find_stage",
     "is_norm",
@@ -343,6 +344,17 @@ def frozen_module_names(
     return frozen, owners
 
 
+def checkpointing_switches(body: nn.Module) -> list[nn.Module]:
+    """The modules whose ``grad_checkpointing`` flag (timm's convention) turns gradient
+    checkpointing on: the network's own (its stages', which checkpoint block by block)
+    where it has them, else the feature wrapper's (stage by stage); [] when none."""
+    switches = [
+        m for m in body.modules() if isinstance(getattr(m, "grad_checkpointing", None), bool)
+    ]
+    inner = [m for m in switches if m is not body]
+    return inner or switches
+
+
 def stage_partition(
     body: nn.Module, spans: dict[str, tuple[int, int]], stages: Sequence[str]
 ) -> list[list[str]]:
@@ -469,6 +481,23 @@ class ZooBackbone(nn.Module):
                     if is_norm(module):
                         module.eval()
         return self
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute activations in the backward pass instead of keeping them, with the
+        wrapped network's own checkpointing (timm's: block by block where its stages
+        have it, non-reentrant unless ``TIMM_REENTRANT_CKPT`` says otherwise).
+
+        Raises:
+            ValueError: the network has no checkpointing (torchvision's models).
+        """
+        switches = checkpointing_switches(self.body)
+        if not switches and enable:
+            raise ValueError(
+                "this network has no gradient checkpointing (no module with timm's "
+                "grad_checkpointing switch)"
+            )
+        for module in switches:
+            module.grad_checkpointing = bool(enable)  # type: ignore[assignment]
 
     def stage_params(self) -> list[tuple[str, list[str]]]:
         """Each stage's parameter names, in network order: ``("stem", [...])``, then one

@@ -42,6 +42,7 @@ from backbones.zoo.extractor import (
     STEM_STRIDE,
     ZooBackbone,
     check_frozen_stages,
+    checkpointing_switches,
     find_stage,
     frozen_module_names,
     measure,
@@ -66,6 +67,7 @@ ZOO_OPTIONS = frozenset(
         "drop_path_rate",
         "return_dict",
         "pyramid",
+        "grad_checkpointing",
     }
 )
 """The build options a zoo model may honour; each is checked on the built model."""
@@ -236,6 +238,15 @@ def _build(arch: str, tag: str, options: BackboneOptions) -> nn.Module:
         body_strides=body_strides,
         stages=partition,
     )
+    if options.grad_checkpointing is not False:
+        if not isinstance(options.grad_checkpointing, bool):
+            raise ValueError(
+                f"grad_checkpointing={options.grad_checkpointing}: a {NAMESPACE}/ backbone takes "
+                f"True or False (timm checkpoints every stage)"
+            )
+        if not checkpointing_switches(body):
+            raise _unsupported(family, "grad_checkpointing", True)
+        model.set_grad_checkpointing(True)
     if options.in_chans != 3:
         cfg.update(_cfg_for_in_chans(cfg, options.in_chans))
     cfg.update(options.pretrained_cfg_overlay or {})
