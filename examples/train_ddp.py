@@ -14,6 +14,9 @@ every ``--save-every`` steps and at the end, and ``--resume`` goes on from it.
     torchrun --standalone --nproc_per_node=2 examples/train_ddp.py --backbone resnet50 \\
         --sync-bn --grad-checkpointing
 
+``--fsdp`` shards the model with FSDP2 (``fully_shard``: each backbone stage a unit, its
+frozen parameters sharded like the others) instead of replicating it.
+
 ``--dump DIR`` writes each rank's final ``state_dict`` (``rank<r>.pt``) and rank 0's
 initial one (``initial.pt``), and rank 0 a ``report.json``: what the tests check
 (parameters equal across ranks, frozen tensors unchanged, the step resumed from).
@@ -38,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from shapes import CLASSES, ShapesDataset, masks_to_semantic
 
 from backbones import convert_norm, create_model, param_groups
+from backbones.training import model_stages
 
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -65,6 +69,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm across ranks")
     parser.add_argument("--grad-checkpointing", action="store_true", help="recompute blocks")
     parser.add_argument("--amp", choices=list(AMP_DTYPES), default="none", help="autocast")
+    parser.add_argument(
+        "--fsdp", action="store_true", help="FSDP2 (fully_shard per stage) instead of DDP"
+    )
     parser.add_argument("--checkpoint", type=Path, default=None, help="where to save")
     parser.add_argument("--save-every", type=int, default=0, help="0: only at the end")
     parser.add_argument("--resume", action="store_true", help="go on from --checkpoint")
@@ -76,6 +83,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--steps and --batch-size must be >= 1")
     if args.resume and args.checkpoint is None:
         parser.error("--resume needs --checkpoint")
+    if args.fsdp and (args.checkpoint is not None or args.sync_bn):
+        parser.error("--fsdp runs without --checkpoint and --sync-bn in this example")
     return args
 
 
@@ -91,6 +100,47 @@ def _setup() -> tuple[int, int, torch.device]:
         device = torch.device("cpu")
         dist.init_process_group("gloo")
     return dist.get_rank(), dist.get_world_size(), device
+
+
+def _fully_shard(model: nn.Module) -> nn.Module:
+    """FSDP2: each backbone stage its own unit (its parameters, frozen ones too, sharded
+    across the ranks), then the rest of the model."""
+    from torch.distributed.fsdp import fully_shard
+
+    modules = dict(model.named_modules())
+    for stage, names in model_stages(model):
+        owner = _common_module(names)
+        if stage not in ("stem", "head") and owner in modules and owner:
+            fully_shard(modules[owner])
+    fully_shard(model)
+    return model
+
+
+def _common_module(names: list[str]) -> str:
+    """The deepest module holding every parameter of ``names`` ("" for the model)."""
+    common: list[str] = []
+    for parts in zip(*(n.split(".")[:-1] for n in names), strict=False):
+        if len(set(parts)) != 1:
+            break
+        common.append(parts[0])
+    return ".".join(common)
+
+
+def _full_state(model: nn.Module) -> dict[str, Tensor]:
+    """The whole state_dict on every rank, sharded parameters gathered."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))
+
+
+def _sharded_frozen(model: nn.Module) -> int:
+    """Frozen parameters stored as shards (a local piece smaller than the whole)."""
+    count = 0
+    for param in model.parameters():
+        local = getattr(param, "to_local", None)
+        if not param.requires_grad and local is not None and local().numel() < param.numel():
+            count += 1
+    return count
 
 
 def _save(path: Path, state: dict[str, Any]) -> None:
@@ -129,20 +179,23 @@ def _train(args: argparse.Namespace, rank: int, world: int, device: torch.device
     if args.dump is not None and rank == 0:
         args.dump.mkdir(parents=True, exist_ok=True)
         torch.save(model.state_dict(), args.dump / "initial.pt")
-    optimizer = torch.optim.AdamW(
-        param_groups(
-            model, lr=args.lr, weight_decay=args.weight_decay, layer_decay=args.layer_decay
-        )
-    )
-    start = 0
+    start, state = 0, None
     if args.resume:
         state = torch.load(args.checkpoint, map_location=device, weights_only=True)
         model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
         start = int(state["step"])
-    ddp = DistributedDataParallel(
-        model, device_ids=[device.index] if device.type == "cuda" else None
+    if args.fsdp:
+        ddp = _fully_shard(model)
+    else:
+        ids = [device.index] if device.type == "cuda" else None
+        ddp = DistributedDataParallel(model, device_ids=ids)
+    # after wrapping: FSDP2 replaces the parameters with sharded ones
+    groups = param_groups(
+        model, lr=args.lr, weight_decay=args.weight_decay, layer_decay=args.layer_decay
     )
+    optimizer = torch.optim.AdamW(groups)
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
 
     data = ShapesDataset(
         length=args.steps * args.batch_size * world, image_size=args.image_size, seed=args.seed
@@ -185,8 +238,11 @@ def _train(args: argparse.Namespace, rank: int, world: int, device: torch.device
         "losses": losses,
         "seconds": time.perf_counter() - started,
     }
+    if args.fsdp:
+        result["sharded_frozen"] = _sharded_frozen(model)
     if args.dump is not None:
-        torch.save(model.state_dict(), args.dump / f"rank{rank}.pt")
+        state = _full_state(model) if args.fsdp else model.state_dict()
+        torch.save(state, args.dump / f"rank{rank}.pt")
         if rank == 0:
             (args.dump / "report.json").write_text(json.dumps(result, indent=2) + "\n")
     if rank == 0:

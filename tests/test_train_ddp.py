@@ -117,3 +117,21 @@ def test_sync_bn_on_cpu_is_refused_saying_why():
     )
     assert proc.returncode != 0
     assert "--sync-bn needs GPUs: torch's SyncBatchNorm runs on CUDA only" in proc.stderr
+
+
+def test_fsdp2_shards_the_frozen_stages_too_and_keeps_them_unchanged(tmp_path: Path):
+    _torchrun("--steps", "3", "--frozen-stages", "1", "--fsdp", "--dump", str(tmp_path))
+    report = json.loads((tmp_path / "report.json").read_text())
+    # conv1, bn1 (2) and layer1's 12 tensors: stored as halves, not replicated whole
+    assert report["sharded_frozen"] == 15
+    initial, final = _state(tmp_path / "initial.pt"), _state(tmp_path / "rank0.pt")
+    other = _state(tmp_path / "rank1.pt")
+    assert list(final) == list(initial)
+    for key in _parameters(final):
+        assert torch.equal(final[key], other[key]), key
+    for key in initial:
+        if key.startswith(("backbone.conv1", "backbone.bn1.", "backbone.layer1.")):
+            assert torch.equal(initial[key], final[key]), key
+    assert not torch.equal(
+        initial["backbone.layer4.1.conv2.weight"], final["backbone.layer4.1.conv2.weight"]
+    )
