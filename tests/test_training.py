@@ -436,3 +436,48 @@ def test_a_checkpointed_resnet_still_scripts():
 def test_grad_checkpointing_refuses_what_it_cannot_do(name, options, error, message):
     with pytest.raises(error, match=message):
         create_backbone(name, **options)
+
+
+# -- mixed precision and layout ------------------------------------------------------------
+HEAD_CASES = {
+    # head: (backbone options, head options)
+    "classification": ({}, {"num_classes": 4}),
+    "fpn": ({}, {"out_channels": 32}),
+    "fcn": ({"out_indices": (4,)}, {"num_classes": 4}),
+    "deeplabv3": ({"out_indices": (4,), "output_stride": 8}, {"num_classes": 4}),
+    "semantic_fpn": ({}, {"num_classes": 4}),
+    "upernet": ({}, {"num_classes": 4}),
+}
+
+
+def _bf16_channels_last_step(model: nn.Module) -> torch.Tensor:
+    model = model.to(memory_format=torch.channels_last).train()
+    x = _image().contiguous(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(param_groups(model, lr=0.01, weight_decay=0.0))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(x)
+    maps = list(out.values()) if isinstance(out, dict) else out if isinstance(out, list) else [out]
+    assert all(m.dtype == torch.bfloat16 for m in maps)
+    loss = sum(m.float().square().mean() for m in maps)
+    optimizer.zero_grad()
+    loss.backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert grads and all(g is not None and g.dtype == torch.float32 for g in grads)
+    assert all(torch.isfinite(g).all() for g in grads)
+    optimizer.step()
+    return loss.detach()
+
+
+@pytest.mark.parametrize("head", list(HEAD_CASES))
+def test_every_head_trains_a_step_in_bf16_autocast_and_channels_last(head):
+    torch.manual_seed(0)
+    backbone_options, head_options = HEAD_CASES[head]
+    model = create_model("resnet18", head, backbone_kwargs=backbone_options, **head_options)
+    assert torch.isfinite(_bf16_channels_last_step(model))
+
+
+@pytest.mark.parametrize(("backbone", "block"), [("resnet18", "basic"), ("resnet50", "bottleneck")])
+def test_every_block_trains_a_step_in_bf16_autocast_and_channels_last(backbone, block):
+    torch.manual_seed(0)
+    model = create_backbone(backbone, block=block, out_indices=(1, 2), frozen_stages=0)
+    assert torch.isfinite(_bf16_channels_last_step(model))
