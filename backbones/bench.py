@@ -14,7 +14,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -25,7 +25,14 @@ from backbones.features import FeatureInfo
 from backbones.inference import optimize_for_inference
 from backbones.zoo.timm_models import SIZING_ATTEMPTS
 
-__all__ = ["BenchResult", "StartupResult", "benchmark", "startup"]
+__all__ = [
+    "BenchResult",
+    "StartupResult",
+    "TrainBenchResult",
+    "benchmark",
+    "startup",
+    "train_benchmark",
+]
 
 
 OURS = "backbones"
@@ -271,3 +278,209 @@ def startup(name: str, *, rounds: int = 5) -> StartupResult:
         seconds={label: statistics.median(t) for label, t in runs.items()},
         ratio=statistics.median(o / t for o, t in zip(runs[OURS], runs[TIMM], strict=True)),
     )
+
+
+# -- training steps -------------------------------------------------------------------------
+AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+_TRAIN_CHILD = """
+import json, resource, sys
+import torch
+from backbones.bench import _train_contenders
+config = json.loads(sys.argv[1])
+torch.set_num_threads(config.pop("threads"))
+label = config.pop("label")
+steps, x = _train_contenders(**config)
+step = steps[label]
+step(x)  # optimizer state and allocator caches exist from here on
+with open("/proc/self/statm") as f:
+    before = int(f.read().split()[1]) * resource.getpagesize()
+step(x)
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+print(json.dumps((peak - before) / 2**20))
+"""
+
+
+@dataclass(frozen=True)
+class TrainBenchResult:
+    """Timings and memory of training steps (forward, backward, SGD step).
+
+    Attributes:
+        name: the backbone.
+        batch_size, img_size, threads, rounds: the setting measured.
+        grad_checkpointing, amp, channels_last: how both contenders trained.
+        seconds: median seconds per step, per contender.
+        ratio: the median over rounds of (timm's time / ours); above 1 is faster.
+        peak_mb: per contender, how far a step raises the process's peak resident memory
+            above what it holds before the step (a fresh process each, second step: the
+            activations and their gradients); None when not measured.
+    """
+
+    name: str
+    batch_size: int
+    img_size: int
+    threads: int
+    rounds: int
+    grad_checkpointing: bool
+    amp: str
+    channels_last: bool
+    seconds: dict[str, float]
+    ratio: float
+    peak_mb: dict[str, float | None]
+
+    def table(self) -> str:
+        """The result as a small text table."""
+        setting = [f"amp {self.amp}"]
+        if self.grad_checkpointing:
+            setting.append("gradient checkpointing")
+        if self.channels_last:
+            setting.append("channels_last")
+        lines = [
+            f"{self.name}: training step (forward, backward, SGD), batch {self.batch_size}, "
+            f"{self.img_size}x{self.img_size}, {self.threads} threads, {self.rounds} interleaved "
+            f"rounds, {', '.join(setting)}",
+            f"  {'model':<22}{'s/step':>9}{'images/s':>10}{'step peak MB':>14}",
+        ]
+        for contender, seconds in self.seconds.items():
+            peak = self.peak_mb[contender]
+            lines.append(
+                f"  {contender:<22}{seconds:>9.3f}{self.batch_size / seconds:>10.1f}"
+                f"{'-' if peak is None else f'{peak:.0f}':>14}"
+            )
+        lines.append(f"  ratio (backbones / timm images/s): {self.ratio:.3f}")
+        return "\n".join(lines)
+
+
+def train_benchmark(
+    name: str,
+    *,
+    batch_size: int = 8,
+    img_size: int = 224,
+    threads: int = 2,
+    rounds: int = 5,
+    warmup: int = 1,
+    grad_checkpointing: bool = False,
+    amp: str = "none",
+    channels_last: bool = False,
+    memory: bool = True,
+) -> TrainBenchResult:
+    """Time training steps of ``create_backbone(name)`` against timm's ``features_only``
+    model of the same variant (same weights, input and settings; timm's own gradient
+    checkpointing when ``grad_checkpointing``), in interleaved rounds; with ``memory``,
+    also each one's step peak memory, in a fresh process each.
+
+    The loss is the mean square of every returned map, so the whole network trains.
+
+    Raises:
+        ValueError: a count is not positive, or ``amp`` is not one of ``none``, ``bf16``,
+            ``fp16``.
+        RuntimeError: timm has no model of that name, or a memory process failed.
+    """
+    for label, value in (("batch_size", batch_size), ("img_size", img_size), ("threads", threads)):
+        if value < 1:
+            raise ValueError(f"{label} must be at least 1, got {value}")
+    if rounds < 1 or warmup < 0:
+        raise ValueError(f"rounds must be >= 1 and warmup >= 0, got {rounds} and {warmup}")
+    if amp not in AMP_DTYPES:
+        raise ValueError(f"amp={amp!r} is not accepted; accepted: {', '.join(AMP_DTYPES)}")
+    config = {
+        "name": name,
+        "batch_size": batch_size,
+        "img_size": img_size,
+        "grad_checkpointing": grad_checkpointing,
+        "amp": amp,
+        "channels_last": channels_last,
+    }
+    steps, x = _train_contenders(**config)  # type: ignore[arg-type]
+    times: dict[str, list[float]] = {label: [] for label in steps}
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for _ in range(warmup):
+            for step in steps.values():
+                step(x)
+        order = list(steps)
+        for i in range(rounds):
+            shift = i % len(order)
+            for label in order[shift:] + order[:shift]:
+                start = time.perf_counter()
+                steps[label](x)
+                times[label].append(time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(previous_threads)
+    peaks: dict[str, float | None] = dict.fromkeys(steps)
+    if memory:
+        for label in steps:
+            peaks[label] = _step_peak_mb({**config, "label": label, "threads": threads})
+    return TrainBenchResult(
+        name=name,
+        batch_size=batch_size,
+        img_size=img_size,
+        threads=threads,
+        rounds=rounds,
+        grad_checkpointing=grad_checkpointing,
+        amp=amp,
+        channels_last=channels_last,
+        seconds={label: statistics.median(t) for label, t in times.items()},
+        ratio=statistics.median(t / o for o, t in zip(times[OURS], times[TIMM], strict=True)),
+        peak_mb=peaks,
+    )
+
+
+def _train_contenders(
+    name: str,
+    batch_size: int,
+    img_size: int,
+    grad_checkpointing: bool,
+    amp: str,
+    channels_last: bool,
+) -> tuple[dict[str, Callable[[torch.Tensor], None]], torch.Tensor]:
+    """A training step of ours and of timm's model (same weights), and the input."""
+    import timm
+
+    arch = name.removeprefix("timm/")
+    if not timm.is_model(arch):
+        raise RuntimeError(f"timm defines no model {arch!r} to compare with")
+    ours = create_backbone(name, grad_checkpointing=grad_checkpointing)
+    levels = tuple(cast(FeatureInfo, ours.feature_info).out_indices)
+    reference = timm.create_model(arch, features_only=True, out_indices=levels)
+    target = cast(nn.Module, ours.body) if arch != name else ours
+    target.load_state_dict(reference.state_dict())
+    if grad_checkpointing:
+        cast(Any, reference).set_grad_checkpointing(True)
+    x = torch.randn(batch_size, 3, img_size, img_size)
+    contenders: dict[str, nn.Module] = {OURS: ours, TIMM: reference}
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+        for model in contenders.values():
+            model.to(memory_format=torch.channels_last)
+    dtype = AMP_DTYPES[amp]
+    return {label: _train_step(model, dtype) for label, model in contenders.items()}, x
+
+
+def _train_step(model: nn.Module, dtype: torch.dtype | None) -> Callable[[torch.Tensor], None]:
+    model.train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
+
+    def step(x: torch.Tensor) -> None:
+        with torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None):
+            out = model(x)
+        maps = list(out.values()) if isinstance(out, dict) else list(out)
+        loss = sum(m.float().square().mean() for m in maps)
+        optimizer.zero_grad(set_to_none=True)
+        cast(torch.Tensor, loss).backward()
+        optimizer.step()
+
+    return step
+
+
+def _step_peak_mb(config: dict[str, object]) -> float:
+    child = subprocess.run(
+        [sys.executable, "-c", _TRAIN_CHILD, json.dumps(config)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if child.returncode != 0:
+        raise RuntimeError(f"the memory process failed: {child.stderr.strip()[-2000:]}")
+    return float(json.loads(child.stdout.strip().splitlines()[-1]))

@@ -5,7 +5,7 @@ Commands:
     plugins           every plugin, its distribution, what it registered, what failed
     info NAME         a backbone's feature levels (module, channels, stride, size), built
                       with any build option (flags made from the option table)
-    bench NAME        eager forward speed against timm's features_only model
+    bench NAME        eager forward (or --train: training step) speed against timm's model
     weights NAME      a backbone's published weights: tags, sources, pre-processing, licence
     convert SRC DST   another library's checkpoint (detectron2 .pkl too) to our key names
     probe PATTERN     build every backbone a pattern names ('timm/*'); table what works
@@ -24,7 +24,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
-from backbones.bench import benchmark, startup
+from backbones.bench import AMP_DTYPES, benchmark, startup, train_benchmark
 from backbones.catalog import (
     BACKBONES,
     BLOCKS,
@@ -141,6 +141,22 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     if args.startup:
         print(startup(args.name, rounds=args.rounds).table())
         return 0
+    if args.train:
+        trained = train_benchmark(
+            args.name,
+            batch_size=args.batch_size,
+            img_size=args.img_size,
+            threads=args.threads,
+            rounds=args.rounds,
+            warmup=args.warmup,
+            grad_checkpointing=args.grad_checkpointing,
+            amp=args.amp,
+            channels_last=args.channels_last,
+        )
+        print(trained.table())
+        return 0
+    if args.grad_checkpointing or args.amp != "none" or args.channels_last:
+        raise ValueError("--grad-checkpointing, --amp and --channels-last go with --train")
     result = benchmark(
         args.name,
         batch_size=args.batch_size,
@@ -353,6 +369,28 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="time instead the first create in fresh processes (after import torch) against "
         "timm's create_model(..., features_only=True), --rounds processes each (default: off)",
+    )
+    p_bench.add_argument(
+        "--train",
+        action="store_true",
+        help="time training steps (forward, backward, SGD) instead, and each one's step peak "
+        "memory in a fresh process (default: off)",
+    )
+    p_bench.add_argument(
+        "--grad-checkpointing",
+        action="store_true",
+        help="with --train: both models recompute activations (default: off)",
+    )
+    p_bench.add_argument(
+        "--amp",
+        choices=list(AMP_DTYPES),
+        default="none",
+        help="with --train: autocast dtype (default: %(default)s)",
+    )
+    p_bench.add_argument(
+        "--channels-last",
+        action="store_true",
+        help="with --train: channels_last models and input (default: off)",
     )
     p_bench.set_defaults(run=_cmd_bench, parser=p_bench)
 

@@ -142,6 +142,39 @@ def test_bench_startup_refuses_an_unknown_name_before_starting_processes(
     )
 
 
+def test_bench_train_times_training_steps_and_their_peak_memory(
+    capsys: pytest.CaptureFixture[str],
+):
+    argv = ["bench", "resnet18", "--train", "--grad-checkpointing", "--amp", "bf16"]
+    argv += ["--batch-size", "2", "--img-size", "32", "--rounds", "1", "--warmup", "0"]
+    assert main([*argv, "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(
+        "resnet18: training step (forward, backward, SGD), batch 2, 32x32, 1 threads, "
+        "1 interleaved rounds, amp bf16, gradient checkpointing\n"
+    )
+    row = r"\s+(\d+\.\d{3})\s+(\d+\.\d)\s+(-?\d+)\n"
+    ours = re.search(r"  backbones" + row, out)
+    ref = re.search(r"  timm features_only" + row, out)
+    assert ours and ref
+    assert float(ours.group(2)) == pytest.approx(2 / float(ours.group(1)), rel=0.01, abs=0.1)
+    assert re.search(r"ratio \(backbones / timm images/s\): \d+\.\d{3}", out)
+
+
+def test_bench_training_flags_need_train(capsys: pytest.CaptureFixture[str]):
+    assert main(["bench", "resnet18", "--amp", "bf16"]) == 2
+    assert "--grad-checkpointing, --amp and --channels-last go with --train" in (
+        capsys.readouterr().err
+    )
+
+
+def test_bench_train_refuses_an_unknown_amp_naming_the_accepted_ones():
+    from backbones.bench import train_benchmark
+
+    with pytest.raises(ValueError, match="amp='fp8' is not accepted; accepted: none, bf16, fp16"):
+        train_benchmark("resnet18", amp="fp8")
+
+
 def test_bench_rejects_a_zero_batch(capsys: pytest.CaptureFixture[str]):
     assert main(["bench", "resnet18", "--batch-size", "0"]) == 2
     assert "batch_size must be at least 1, got 0" in capsys.readouterr().err
