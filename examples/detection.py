@@ -12,6 +12,7 @@ Run (about 4 minutes on 2 idle CPU cores with the defaults: mAP@0.5 0.00 to 0.60
 
     python examples/detection.py
     python examples/detection.py --backbone resnet18 --block se_basic --steps 200
+    python examples/detection.py --grad-checkpointing --amp bf16 --layer-decay 0.8
 
 ``--block`` replaces the backbone's block in every stage; it must match the backbone's
 kind: a ``*_basic`` block for resnet18/34, a ``*_bottleneck`` block for resnet50 and up.
@@ -44,7 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from shapes import CLASSES, ShapesDataset, Target, collate
 
-from backbones import create_model, list_backbones, list_blocks
+from backbones import create_model, list_backbones, list_blocks, param_groups
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "output" / "detection.png"
 COLOURS = {1: "red", 2: "lime", 3: "cyan"}
@@ -75,6 +76,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="PNG of predictions")
     parser.add_argument("--seed", type=int, default=0, help="random seed (data and init)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--grad-checkpointing", action="store_true", help="recompute the backbone's blocks"
+    )
+    parser.add_argument("--amp", choices=["none", "bf16"], default="none", help="CPU autocast")
+    parser.add_argument("--layer-decay", type=float, default=None, help="per-stage lr factor")
     args = parser.parse_args(argv)
     if "/" not in args.backbone and args.backbone not in list_backbones():
         # a zoo name ("timm/convnext_atto", "tv/resnet18") is checked when it is built
@@ -88,7 +94,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def build_detector(
-    backbone: str, block: str | None, image_size: int, fpn_channels: int = 64
+    backbone: str,
+    block: str | None,
+    image_size: int,
+    fpn_channels: int = 64,
+    grad_checkpointing: bool = False,
 ) -> FasterRCNN:
     """Faster R-CNN on ``create_model(backbone, "fpn")``, sized for small images on a CPU.
 
@@ -99,6 +109,8 @@ def build_detector(
     sampling and the number of proposals are cut down.
     """
     backbone_kwargs: dict[str, Any] = {} if block is None else {"block": block}
+    if grad_checkpointing:
+        backbone_kwargs["grad_checkpointing"] = True
     body = create_model(backbone, "fpn", backbone_kwargs=backbone_kwargs, out_channels=fpn_channels)
     resolution = 7  # torchvision's default MultiScaleRoIAlign output size
     representation = 256
@@ -284,13 +296,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         train_set, batch_size=args.batch_size, shuffle=True, collate_fn=collate, generator=generator
     )
 
-    model = build_detector(args.backbone, args.block, args.image_size, args.fpn_channels)
+    model = build_detector(
+        args.backbone, args.block, args.image_size, args.fpn_channels, args.grad_checkpointing
+    )
     _, predictions, targets = predict(model, val_set, args.batch_size)
     map50_before = map50(predictions, targets)
     print(f"mAP@0.5 before training: {map50_before:.3f}")
 
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=args.lr, momentum=0.9, weight_decay=1e-4)
+    # frozen parameters left out, no decay on norms and biases, optionally layer-wise rates
+    groups = param_groups(model, lr=args.lr, weight_decay=1e-4, layer_decay=args.layer_decay)
+    for group in groups:
+        group["peak"] = group["lr"]
+    optimizer = torch.optim.SGD(groups, lr=args.lr, momentum=0.9)
+    amp = torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.amp == "bf16")
     warmup = min(50, args.steps // 5)
     losses: list[float] = []
     model.train()
@@ -298,16 +317,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     data = batches(loader)
     for step in progress:
         for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, args.steps, args.lr, warmup)
+            group["lr"] = lr_at(step, args.steps, group["peak"], warmup)
         images, batch_targets = next(data)
-        loss_dict = model(images, batch_targets)
-        loss = sum(loss_dict.values())
+        with amp:
+            loss_dict = model(images, batch_targets)
+        loss = sum(v.float() for v in loss_dict.values())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(params, max_norm=10.0)
         optimizer.step()
         losses.append(float(loss.detach()))
-        progress.set_postfix(loss=f"{losses[-1]:.3f}", lr=f"{optimizer.param_groups[0]['lr']:.4f}")
+        progress.set_postfix(loss=f"{losses[-1]:.3f}", lr=f"{optimizer.param_groups[-1]['lr']:.4f}")
 
     images, predictions, targets = predict(model, val_set, args.batch_size)
     map50_after = map50(predictions, targets)

@@ -7,6 +7,7 @@ of images, true masks and predicted masks, under column titles and a colour key.
 
     python examples/segmentation.py                      # semantic_fpn on resnet18
     python examples/segmentation.py --head deeplabv3     # ASPP on a dilated backbone
+    python examples/segmentation.py --grad-checkpointing --amp bf16 --layer-decay 0.8
 """
 
 import argparse
@@ -26,7 +27,7 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from shapes import CLASSES, ShapesDataset, masks_to_semantic
 
-from backbones import create_backbone, create_model
+from backbones import create_backbone, create_model, param_groups
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "output" / "segmentation.png"
 PALETTE = torch.tensor([[0, 0, 0], [230, 60, 60], [60, 200, 60], [60, 90, 230]]) / 255.0
@@ -41,12 +42,15 @@ def _semantic_batch(batch: list[tuple[Tensor, dict[str, Tensor]]]) -> tuple[Tens
     return images, labels
 
 
-def build_model(backbone: str, head: str) -> nn.Module:
+def build_model(backbone: str, head: str, grad_checkpointing: bool = False) -> nn.Module:
     """The segmentation model: deeplabv3 gets a stride-8 backbone, semantic_fpn levels 1..4."""
     if head == "deeplabv3":
-        bb = create_backbone(backbone, output_stride=8, out_indices=(4,))
+        bb = create_backbone(
+            backbone, output_stride=8, out_indices=(4,), grad_checkpointing=grad_checkpointing
+        )
         return create_model(bb, head, num_classes=len(CLASSES), atrous_rates=(6, 12, 18))
-    return create_model(backbone, head, num_classes=len(CLASSES))
+    kwargs = {"grad_checkpointing": grad_checkpointing}
+    return create_model(backbone, head, backbone_kwargs=kwargs, num_classes=len(CLASSES))
 
 
 @torch.no_grad()
@@ -126,6 +130,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--val-size", type=int, default=16, help="held-out images for mIoU")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="PNG of predictions")
     parser.add_argument("--seed", type=int, default=0, help="random seed (data and init)")
+    parser.add_argument(
+        "--grad-checkpointing", action="store_true", help="recompute the backbone's blocks"
+    )
+    parser.add_argument("--amp", choices=["none", "bf16"], default="none", help="CPU autocast")
+    parser.add_argument("--layer-decay", type=float, default=None, help="per-stage lr factor")
     args = parser.parse_args(argv)
 
     torch.manual_seed(args.seed)
@@ -139,14 +148,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     val_loader = DataLoader(val, batch_size=8, collate_fn=_semantic_batch)
 
-    model = build_model(args.backbone, args.head)
+    model = build_model(args.backbone, args.head, args.grad_checkpointing)
     miou_before = mean_iou(model, val_loader)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, args.lr, total_steps=args.steps)
+    groups = param_groups(model, lr=args.lr, weight_decay=1e-4, layer_decay=args.layer_decay)
+    optimizer = torch.optim.AdamW(groups)
+    peaks = [g["lr"] for g in groups]  # OneCycle keeps each group's layer-decayed rate
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, peaks, total_steps=args.steps)
+    amp = torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.amp == "bf16")
     losses: list[float] = []
     model.train()
     for images, labels in tqdm(train_loader, total=args.steps, desc="segmentation"):
-        loss = nn.functional.cross_entropy(model(images), labels)
+        with amp:
+            logits = model(images)
+        loss = nn.functional.cross_entropy(logits.float(), labels)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

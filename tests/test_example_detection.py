@@ -153,3 +153,20 @@ def test_detection_example_runs_on_a_zoo_backbone(tmp_path: Path) -> None:
     assert len(result["losses"]) == 2 and all(torch.isfinite(torch.tensor(result["losses"])))
     assert 0.0 <= result["map50_after"] <= 1.0
     assert (tmp_path / "det.png").is_file()
+
+
+def test_detection_example_trains_with_checkpointing_bf16_and_layer_decay(tmp_path: Path) -> None:
+    detection = _load("detection")
+    result = detection.main(
+        [
+            "--backbone", "resnet18",
+            "--grad-checkpointing", "--amp", "bf16", "--layer-decay", "0.8",
+            "--steps", "3",
+            "--batch-size", "2",
+            "--image-size", "64",
+            "--val-images", "2",
+            "--out", str(tmp_path / "det.png"),
+            "--quiet",
+        ]
+    )  # fmt: skip
+    assert len(result["losses"]) == 3 and all(torch.isfinite(torch.tensor(result["losses"])))

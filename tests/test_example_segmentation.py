@@ -43,3 +43,14 @@ def test_segmentation_example_learns(tmp_path: Path, head: str):
     for column in range(3):  # each column has its title (dark text) above it
         left = 2 + column * (64 + 2)
         assert (titles[:, left : left + 64] < 128).sum() > 20, column
+
+
+def test_segmentation_example_learns_with_checkpointing_bf16_and_layer_decay(tmp_path: Path):
+    result = segmentation.main(
+        [
+            "--grad-checkpointing", "--amp", "bf16", "--layer-decay", "0.8",
+            "--steps", "30", "--batch-size", "4", "--image-size", "64", "--val-size", "8",
+            "--out", str(tmp_path / "seg.png"),
+        ]
+    )  # fmt: skip
+    assert result["loss_last"] < 0.7 * result["loss_first"]
