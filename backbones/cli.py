@@ -385,7 +385,7 @@ def _parser() -> argparse.ArgumentParser:
         "--amp",
         choices=list(AMP_DTYPES),
         default="none",
-        help="with --train: autocast dtype (default: %(default)s)",
+        help="with --train: autocast dtype, one of %(choices)s (default: %(default)s)",
     )
     p_bench.add_argument(
         "--channels-last",

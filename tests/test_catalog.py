@@ -163,6 +163,7 @@ def test_register_backbone_factory_receives_every_option_as_keyword():
         "block": None,
         "block_kwargs": None,
         "block_layers": (),
+        "grad_checkpointing": False,
         "pyramid": None,
         "return_dict": True,
     }
