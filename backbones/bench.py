@@ -12,7 +12,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -122,11 +122,7 @@ def benchmark(
     """
     import timm  # here: importing timm is slow, `backbones` is not
 
-    for label, value in (("batch_size", batch_size), ("img_size", img_size), ("threads", threads)):
-        if value < 1:
-            raise ValueError(f"{label} must be at least 1, got {value}")
-    if rounds < 1 or warmup < 0:
-        raise ValueError(f"rounds must be >= 1 and warmup >= 0, got {rounds} and {warmup}")
+    _check_counts(batch_size, img_size, threads, rounds, warmup)
     ours = create_backbone(name, out_indices=out_indices).eval()
     arch = name.removeprefix("timm/")  # a zoo name is timm's own model
     if not timm.is_model(arch):
@@ -149,21 +145,8 @@ def benchmark(
         contenders[OPTIMIZED] = optimize_for_inference(ours)
     x = torch.randn(batch_size, 3, img_size, img_size)
 
-    times: dict[str, list[float]] = {label: [] for label in contenders}
-    previous_threads = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        with torch.inference_mode():
-            for _ in range(warmup):
-                for model in contenders.values():
-                    model(x)
-            order = list(contenders)
-            for i in range(rounds):
-                shift = i % len(order)  # rotate who goes first
-                for label in order[shift:] + order[:shift]:
-                    times[label].append(_time_once(contenders[label], x))
-    finally:
-        torch.set_num_threads(previous_threads)
+    with torch.inference_mode():
+        times = _interleaved(contenders, x, threads=threads, rounds=rounds, warmup=warmup)
 
     return BenchResult(
         name=name,
@@ -179,10 +162,42 @@ def benchmark(
     )
 
 
-def _time_once(model: Callable[[torch.Tensor], object] | nn.Module, x: torch.Tensor) -> float:
-    start = time.perf_counter()
-    model(x)
-    return time.perf_counter() - start
+def _check_counts(batch_size: int, img_size: int, threads: int, rounds: int, warmup: int) -> None:
+    for label, value in (("batch_size", batch_size), ("img_size", img_size), ("threads", threads)):
+        if value < 1:
+            raise ValueError(f"{label} must be at least 1, got {value}")
+    if rounds < 1 or warmup < 0:
+        raise ValueError(f"rounds must be >= 1 and warmup >= 0, got {rounds} and {warmup}")
+
+
+def _interleaved(
+    contenders: Mapping[str, Callable[[torch.Tensor], object]],
+    x: torch.Tensor,
+    *,
+    threads: int,
+    rounds: int,
+    warmup: int,
+) -> dict[str, list[float]]:
+    """Seconds per call of each contender on ``x``, ``rounds`` times, the order rotating
+    each round (who goes first changes), after ``warmup`` untimed calls of each; with
+    ``threads`` torch threads, restored afterwards."""
+    times: dict[str, list[float]] = {label: [] for label in contenders}
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for _ in range(warmup):
+            for run in contenders.values():
+                run(x)
+        order = list(contenders)
+        for i in range(rounds):
+            shift = i % len(order)
+            for label in order[shift:] + order[:shift]:
+                start = time.perf_counter()
+                contenders[label](x)
+                times[label].append(time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(previous_threads)
+    return times
 
 
 # -- the first create in a fresh process ---------------------------------------------------
@@ -376,11 +391,7 @@ def train_benchmark(
             ``fp16``.
         RuntimeError: timm has no model of that name, or a memory process failed.
     """
-    for label, value in (("batch_size", batch_size), ("img_size", img_size), ("threads", threads)):
-        if value < 1:
-            raise ValueError(f"{label} must be at least 1, got {value}")
-    if rounds < 1 or warmup < 0:
-        raise ValueError(f"rounds must be >= 1 and warmup >= 0, got {rounds} and {warmup}")
+    _check_counts(batch_size, img_size, threads, rounds, warmup)
     if amp not in AMP_DTYPES:
         raise ValueError(f"amp={amp!r} is not accepted; accepted: {', '.join(AMP_DTYPES)}")
     config = {
@@ -392,22 +403,7 @@ def train_benchmark(
         "channels_last": channels_last,
     }
     steps, x = _train_contenders(**config)  # type: ignore[arg-type]
-    times: dict[str, list[float]] = {label: [] for label in steps}
-    previous_threads = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        for _ in range(warmup):
-            for step in steps.values():
-                step(x)
-        order = list(steps)
-        for i in range(rounds):
-            shift = i % len(order)
-            for label in order[shift:] + order[:shift]:
-                start = time.perf_counter()
-                steps[label](x)
-                times[label].append(time.perf_counter() - start)
-    finally:
-        torch.set_num_threads(previous_threads)
+    times = _interleaved(steps, x, threads=threads, rounds=rounds, warmup=warmup)
     peaks: dict[str, float | None] = dict.fromkeys(steps)
     if memory:
         for label in steps:

@@ -141,14 +141,17 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     if args.startup:
         print(startup(args.name, rounds=args.rounds).table())
         return 0
+    timing = {
+        "batch_size": args.batch_size,
+        "img_size": args.img_size,
+        "threads": args.threads,
+        "rounds": args.rounds,
+        "warmup": args.warmup,
+    }
     if args.train:
         trained = train_benchmark(
             args.name,
-            batch_size=args.batch_size,
-            img_size=args.img_size,
-            threads=args.threads,
-            rounds=args.rounds,
-            warmup=args.warmup,
+            **timing,
             grad_checkpointing=args.grad_checkpointing,
             amp=args.amp,
             channels_last=args.channels_last,
@@ -157,15 +160,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         return 0
     if args.grad_checkpointing or args.amp != "none" or args.channels_last:
         raise ValueError("--grad-checkpointing, --amp and --channels-last go with --train")
-    result = benchmark(
-        args.name,
-        batch_size=args.batch_size,
-        img_size=args.img_size,
-        threads=args.threads,
-        rounds=args.rounds,
-        warmup=args.warmup,
-        optimized=args.optimized,
-    )
+    result = benchmark(args.name, **timing, optimized=args.optimized)
     print(result.table())
     return 0
 

@@ -19,6 +19,7 @@ from typing import Any
 from torch import nn
 
 from backbones.errors import UnknownNameError
+from backbones.zoo.extractor import is_norm
 
 __all__ = [
     "HEAD",
@@ -222,6 +223,10 @@ def _check_number(
         raise ValueError(f"{label} must be a finite number {bound}, got {value!r}")
 
 
+_Classes = dict[str, dict[str, type[nn.Module] | None]]
+"""Norm classes by family (``plain``, timm's ``act``) and kind."""
+
+
 # -- norm conversion -----------------------------------------------------------------------
 def convert_norm(model: nn.Module, kind: str, *, process_group: Any = None) -> nn.Module:
     """Convert every BatchNorm of ``model`` to ``kind``, keeping what trains and what not.
@@ -254,8 +259,7 @@ def convert_norm(model: nn.Module, kind: str, *, process_group: Any = None) -> n
     if process_group is not None and kind != "syncbatchnorm":
         raise ValueError(f"process_group is for kind='syncbatchnorm', not {kind!r}")
     frozen = _frozen_by_stage(model)
-    converted = _convert(model, "", kind, process_group, frozen)
-    return converted
+    return _convert(model, "", kind, process_group, frozen, _norm_classes())
 
 
 def _frozen_by_stage(model: nn.Module) -> set[str]:
@@ -268,27 +272,25 @@ def _frozen_by_stage(model: nn.Module) -> set[str]:
         count = max(int(getattr(backbone, "frozen_stages", -1)) + 1, 0)
         names = [name for name, _ in backbone.stage_params()][:count]
         frozen_stages.update(f"{path}/{n}" if len(found) > 1 else n for n in names)
-    params = dict(model.named_parameters())
     owner = {name: stage for stage, names in model_stages(model) for name in names}
-    return {
-        name
-        for name, _ in model.named_modules()
-        if _stage_of_module(name, owner, params) in frozen_stages
-    }
+    return {name for name, stage in _module_stages(model, owner).items() if stage in frozen_stages}
 
 
-def _convert(module: nn.Module, path: str, kind: str, group: Any, frozen: set[str]) -> nn.Module:
-    new = _converted_norm(module, path, kind, group, frozen)
+def _convert(
+    module: nn.Module, path: str, kind: str, group: Any, frozen: set[str], classes: _Classes
+) -> nn.Module:
+    new = _converted_norm(module, path, kind, group, frozen, classes)
     if new is not None:
         return new
     for name, child in list(module.named_children()):
-        converted = _convert(child, f"{path}.{name}" if path else name, kind, group, frozen)
+        child_path = f"{path}.{name}" if path else name
+        converted = _convert(child, child_path, kind, group, frozen, classes)
         if converted is not child:
             setattr(module, name, converted)
     return module
 
 
-def _norm_classes() -> dict[str, dict[str, type[nn.Module] | None]]:
+def _norm_classes() -> _Classes:
     """The classes per family (plain, timm's norm+act) and kind; timm's only once imported
     (a model holding timm's layers has imported timm)."""
     plain: dict[str, type[nn.Module] | None] = {
@@ -309,26 +311,20 @@ def _norm_classes() -> dict[str, dict[str, type[nn.Module] | None]]:
     return {"plain": plain, "act": act}
 
 
-def _family_and_kind(module: nn.Module) -> tuple[str, str] | None:
-    classes = _norm_classes()
-    for family in ("act", "plain"):  # timm's classes subclass torch's: look at them first
+def _family_and_kind(module: nn.Module, classes: _Classes) -> tuple[str, str] | None:
+    # timm's classes subclass torch's, and SyncBatchNorm is no BatchNorm2d: the order holds
+    for family in ("act", "plain"):
         for kind in ("syncbatchnorm", "frozen_batchnorm", "batchnorm"):
             cls = classes[family][kind]
             if cls is not None and isinstance(module, cls):
-                if (
-                    family == "plain"
-                    and kind == "batchnorm"
-                    and isinstance(module, nn.SyncBatchNorm)
-                ):
-                    continue
                 return family, kind
     return None
 
 
 def _converted_norm(
-    module: nn.Module, path: str, kind: str, group: Any, frozen: set[str]
+    module: nn.Module, path: str, kind: str, group: Any, frozen: set[str], classes: _Classes
 ) -> nn.Module | None:
-    found = _family_and_kind(module)
+    found = _family_and_kind(module, classes)
     if found is None:
         return None
     family, source = found
@@ -339,7 +335,7 @@ def _converted_norm(
 
         target: type[nn.Module] = FrozenBatchNorm2d
     else:
-        cls = _norm_classes()[family][kind]
+        cls = classes[family][kind]
         if cls is None:  # pragma: no cover - a timm class exists once timm is imported
             raise TypeError(f"no {kind} counterpart for {type(module).__name__}")
         target = cls
@@ -448,10 +444,10 @@ def trainability(model: nn.Module) -> Trainability:
     stages = model_stages(model)
     owner = {name: stage for stage, names in stages for name in names}
     norms: dict[str, list[bool]] = {stage: [] for stage, _ in stages}
+    module_stage = _module_stages(model, owner)
     for name, module in model.named_modules():
-        if _is_norm(module):
-            stage = _stage_of_module(name, owner, params)
-            norms.setdefault(stage, []).append(module.training)
+        if is_norm(module):
+            norms.setdefault(module_stage[name], []).append(module.training)
     reports = []
     for stage, names in stages:
         live = [params[n] for n in names if params[n].requires_grad]
@@ -470,22 +466,18 @@ def trainability(model: nn.Module) -> Trainability:
     return Trainability(tuple(reports))
 
 
-def _is_norm(module: nn.Module) -> bool:
-    kinds = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
-    return isinstance(module, kinds) or type(module).__name__.lower().endswith(
-        ("norm", "norm2d", "normact2d")
-    )
-
-
-def _stage_of_module(name: str, owner: dict[str, str], params: dict[str, Any]) -> str:
-    """The stage of the first parameter under ``name``, or under its nearest ancestor
-    that has one (a frozen norm has buffers only)."""
-    path = name
-    while True:
-        prefix = f"{path}." if path else ""
-        for param in params:
-            if param.startswith(prefix):
-                return owner.get(param, HEAD)
-        if not path:
-            return HEAD
-        path = path.rpartition(".")[0]
+def _module_stages(model: nn.Module, owner: dict[str, str]) -> dict[str, str]:
+    """Each module's stage: that of the first parameter under it, or under its nearest
+    ancestor that has one (a frozen norm has buffers only); one pass over the parameters."""
+    first: dict[str, str] = {}
+    for param, _ in model.named_parameters():
+        parts = param.split(".")[:-1]
+        for depth in range(len(parts) + 1):
+            first.setdefault(".".join(parts[:depth]), owner.get(param, HEAD))
+    stages = {}
+    for name, _ in model.named_modules():
+        path = name
+        while path not in first and path:
+            path = path.rpartition(".")[0]
+        stages[name] = first.get(path, HEAD)
+    return stages

@@ -508,8 +508,9 @@ class ZooBackbone(nn.Module):
         # as built; a norm conversion may have turned some parameters into buffers
         # (frozen BatchNorm) or back, so the names are read against the current ones
         current = [n for n, _ in self.named_parameters() if not n.startswith("neck.")]
+        present = set(current)
         listed = {p for _, params in self._stages for p in params}
-        stages = [(name, [p for p in params if p in current]) for name, params in self._stages]
+        stages = [(name, [p for p in params if p in present]) for name, params in self._stages]
         if stages:
             stages[-1][1].extend(p for p in current if p not in listed)
         if self.neck is not None:
